@@ -1,0 +1,73 @@
+# The waiting room: `make run` sets everything up and runs it; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(wildcard protos/waiting/v1/*.proto)
+
+.PHONY: help setup proto run migrate test test-sqlite test-postgres lint format broker postgres stop clean
+
+help:
+	@echo "make run      set up (venv, stubs, broker jars) and run broker + token_api + activator"
+	@echo "make test     run the tests against a real Kafka broker, on SQLite and PostgreSQL"
+	@echo "make lint     ruff format --check, ruff check, mypy --strict"
+	@echo "make proto    regenerate the Python stubs from protos/"
+	@echo "make stop     stop the background broker and PostgreSQL started by the scripts"
+
+$(BIN)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+gen/.stamp: $(PROTOS) $(BIN)/.deps
+	rm -rf gen && mkdir -p gen
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+		--python_out=gen --grpc_python_out=gen --mypy_out=quiet:gen --mypy_grpc_out=quiet:gen \
+		$(PROTOS)
+	touch gen/waiting/__init__.py gen/waiting/v1/__init__.py
+	$(BIN)/pip install -q -e . --no-deps
+	touch $@
+
+proto: gen/.stamp
+
+setup: gen/.stamp
+	scripts/kafka.sh fetch
+
+migrate: setup
+	$(BIN)/python -m waiting_core.migrate
+
+run: setup
+	scripts/run.sh
+
+test: setup
+	$(BIN)/pytest
+
+test-sqlite: setup
+	$(BIN)/pytest -k "not postgres"
+
+test-postgres: setup
+	$(BIN)/pytest -k "postgres"
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+broker: setup
+	scripts/kafka.sh start
+
+postgres:
+	scripts/postgres.sh install
+	scripts/postgres.sh start
+
+stop:
+	scripts/kafka.sh stop
+	scripts/postgres.sh stop
+
+clean: stop
+	rm -rf gen .run .pytest_cache .mypy_cache .ruff_cache

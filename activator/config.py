@@ -1,0 +1,27 @@
+"""The activator's settings, read once from the environment in ``__main__``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from waiting_core.settings import CommonSettings, port, positive, setting
+
+
+@dataclass(frozen=True, slots=True)
+class ActivatorSettings(CommonSettings):
+    """Everything the activator can be told; see ``python -m activator --help``."""
+
+    host: str = setting("ACTIVATOR_HOST", "0.0.0.0", "address the gRPC server binds")  # noqa: S104
+    port: int = setting("ACTIVATOR_PORT", 50052, "gRPC port (0 picks a free one)", port)
+    group_id: str = setting("CONSUMER_GROUP", "token-activate", "Kafka consumer group")
+    fetch_max_wait_ms: int = setting(
+        "FETCH_MAX_WAIT_MS", 20, "longest the broker holds an empty fetch (latency vs. load)",
+        positive,
+    )
+    max_batch: int = setting(
+        "MAX_BATCH_RECORDS", 2000, "most records applied per consumer batch", positive
+    )
+    retry_max_seconds: float = setting(
+        "RETRY_MAX_SECONDS", 5.0, "cap of the back-off between retries of a failed batch",
+        positive,
+    )

@@ -1,0 +1,215 @@
+"""The Kafka side of the activator: consume ``waiting-token``, admit, then commit offsets.
+
+Offsets are committed only after the admission transactions of a batch committed (I3).
+A batch's events are reduced to the set of schedules they name, and each schedule gets one
+admission transaction, so a burst of CreateTokenEvents costs one statement, not one each.
+Records that cannot be decoded go to the dead-letter topic with their coordinates and the
+error in headers, and the partition moves on. A database outage is retried with
+exponential back-off and jitter, without committing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from activator.admission import Admitter
+from activator.config import ActivatorSettings
+from waiting_core.errors import BadEvent, Unavailable
+from waiting_core.events import Topics, admission_schedule, ensure_topics
+
+log = logging.getLogger(__name__)
+
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+MAX_APPLY_ATTEMPTS = 5
+
+
+class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On revoke, wait for the batch in flight to finish and commit before giving it up."""
+
+    def __init__(self, batch_lock: asyncio.Lock) -> None:
+        self._batch_lock = batch_lock
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._batch_lock:
+            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+
+class AdmissionConsumer:
+    """Runs the consume-admit-commit loop in a task. ``start``/``stop`` are idempotent."""
+
+    def __init__(self, settings: ActivatorSettings, admitter: Admitter, topics: Topics) -> None:
+        self._settings = settings
+        self._admitter = admitter
+        self._topics = topics
+        self._batch_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self.dead_lettered = 0
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this consumer owns now."""
+        consumer = self._consumer
+        return frozenset(consumer.assignment()) if consumer is not None else frozenset()
+
+    async def start(self) -> None:
+        """Start consuming in the background; the broker may still be down."""
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name="admission-consumer")
+
+    async def stop(self) -> None:
+        """Finish and commit the batch in flight, leave the group, close the producer."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._settings.shutdown_grace_seconds + 5)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_clients()
+
+    async def __aenter__(self) -> AdmissionConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        await self._connect_with_retry()
+        consumer = self._consumer
+        assert consumer is not None  # noqa: S101 - set by _connect_with_retry
+        while not self._stopping.is_set():
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=200, max_records=self._settings.max_batch
+                )
+            except KafkaError as exc:
+                log.warning("fetch failed (%s); retrying", exc)
+                await asyncio.sleep(self._backoff(1))
+                continue
+            if batch:
+                async with self._batch_lock:
+                    await self._apply_and_commit(consumer, batch)
+
+    async def _connect_with_retry(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await self._connect()
+                self.ready.set()
+                return
+            except (KafkaError, OSError) as exc:
+                attempt += 1
+                await self._close_clients()
+                delay = self._backoff(attempt)
+                log.warning("cannot reach Kafka (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _connect(self) -> None:
+        await ensure_topics(
+            self._settings.kafka_bootstrap, self._topics, self._settings.topic_partitions
+        )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap, acks="all", enable_idempotence=True
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self._settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
+            max_poll_records=self._settings.max_batch,
+        )
+        self._consumer.subscribe(
+            [self._topics.waiting], listener=_FinishBatchOnRevoke(self._batch_lock)
+        )
+        await self._consumer.start()
+
+    async def _close_clients(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            await consumer.stop()
+        if producer is not None:
+            await producer.stop()
+
+    async def _apply_and_commit(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
+        by_schedule: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+        for records in batch.values():
+            for record in records:
+                try:
+                    by_schedule[admission_schedule(record.headers, record.value)].append(record)
+                except BadEvent as exc:
+                    await self._dead_letter(record, exc)
+        for schedule_id, records in sorted(by_schedule.items()):
+            await self._admit_with_retry(schedule_id, records)
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced; the new owner re-reads these records, which is harmless
+            # because admission is idempotent.
+            log.warning("offset commit failed after a rebalance: %s", exc)
+
+    async def _admit_with_retry(
+        self, schedule_id: int, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._admitter.admit(schedule_id)
+                return
+            except Unavailable as exc:
+                attempt += 1
+                log.warning("admission of schedule %d: %s (attempt %d)", schedule_id, exc, attempt)
+            except Exception as exc:
+                attempt += 1
+                log.exception("admission of schedule %d failed (attempt %d)", schedule_id, attempt)
+                if attempt >= MAX_APPLY_ATTEMPTS:
+                    for record in records:
+                        await self._dead_letter(record, exc)
+                    return
+            await asyncio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._settings.retry_max_seconds, 0.05 * 2**attempt)
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
+        producer = self._producer
+        assert producer is not None  # noqa: S101 - connected before consuming
+        headers = [
+            *(record.headers or ()),
+            ("dlt-original-topic", record.topic.encode()),
+            ("dlt-original-partition", str(record.partition).encode()),
+            ("dlt-original-offset", str(record.offset).encode()),
+            ("dlt-error", f"{type(exc).__name__}: {exc}".encode()),
+        ]
+        await producer.send_and_wait(
+            self._topics.dead_letter, value=record.value, key=record.key, headers=headers
+        )
+        self.dead_lettered += 1
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
+        )

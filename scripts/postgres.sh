@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs a private PostgreSQL cluster from Debian's packages, on loopback, for local runs and tests.
+#
+#   scripts/postgres.sh install   apt-get install postgresql when no server binaries are found
+#   scripts/postgres.sh start     initdb if needed, start in the background, wait until ready
+#   scripts/postgres.sh stop      fast shutdown
+#   scripts/postgres.sh url       print the asyncpg DATABASE_URL of the cluster
+#
+# Settings (environment):
+#   PG_PORT      port on 127.0.0.1 (default 55432, away from a system cluster on 5432)
+#   PG_DATA_DIR  the cluster's directory (default .run/postgres-$PG_PORT)
+#
+# PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` user.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+port="${PG_PORT:-55432}"
+data_dir="${PG_DATA_DIR:-$here/.run/postgres-$port}"
+log_file="$data_dir.log"
+
+bin_dir() {
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  if [ -z "$dir" ] || [ ! -x "$dir/pg_ctl" ]; then
+    echo "postgres.sh: no PostgreSQL server found; run 'scripts/postgres.sh install'" >&2
+    return 1
+  fi
+  echo "$dir"
+}
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+install() {
+  if bin_dir >/dev/null 2>&1; then return 0; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq postgresql >/dev/null
+}
+
+start() {
+  local bin
+  bin="$(bin_dir)"
+  mkdir -p "$(dirname "$data_dir")"
+  if [ ! -f "$data_dir/PG_VERSION" ]; then
+    mkdir -p "$data_dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$data_dir" "$(dirname "$data_dir")"
+    as_owner "$bin/initdb" -D "$data_dir" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  if as_owner "$bin/pg_ctl" -D "$data_dir" status >/dev/null 2>&1; then
+    echo "postgres.sh: already running on 127.0.0.1:$port"
+    return 0
+  fi
+  touch "$log_file"
+  [ "$(id -u)" = 0 ] && chown postgres: "$log_file"
+  if ! as_owner "$bin/pg_ctl" -D "$data_dir" -l "$log_file" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k /tmp -c max_connections=200 \
+        -c fsync=${PG_FSYNC:-on} -c synchronous_commit=on -c shared_buffers=256MB" >/dev/null; then
+    echo "postgres.sh: start failed; its log:" >&2
+    tail -n 40 "$log_file" >&2
+    return 1
+  fi
+  echo "postgres.sh: PostgreSQL ready on 127.0.0.1:$port"
+}
+
+stop() {
+  local bin
+  bin="$(bin_dir)" || return 0
+  [ -f "$data_dir/PG_VERSION" ] || return 0
+  as_owner "$bin/pg_ctl" -D "$data_dir" -m fast stop >/dev/null 2>&1 || true
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  url) echo "postgresql+asyncpg://postgres@127.0.0.1:$port/postgres" ;;
+  *)
+    sed -n '2,12p' "$0" >&2
+    exit 2
+    ;;
+esac

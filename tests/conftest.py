@@ -1,0 +1,156 @@
+"""Session fixtures: a real Kafka broker, real databases, and both services on port 0.
+
+The broker and PostgreSQL are started by the project's own scripts when they are not already
+reachable, and stopped at the end. Where one cannot be had, a local run skips the tests that
+need it; in CI (CI=true) that is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from activator.server import Activator
+from token_api.server import TokenApi
+from waiting.v1 import (
+    queue_status_service_pb2_grpc,
+    schedule_service_pb2_grpc,
+    token_service_pb2_grpc,
+)
+from tests.helpers import System, settings_for, wait_assigned
+from waiting_core import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str) -> None:
+    """Fail in CI, skip elsewhere: a missing broker or database is never silently skipped."""
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(what)
+
+
+def _reachable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _run_script(args: list[str], env: dict[str, str], what: str) -> None:
+    result = subprocess.run(  # noqa: S603 - our own scripts
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    if result.returncode != 0:
+        unavailable(f"{what} failed to start:\n{result.stdout}\n{result.stderr}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Kafka 4 broker: KAFKA_BOOTSTRAP_SERVERS if given, else one started for the run."""
+    given = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    port = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(port),
+        "KAFKA_DATA_DIR": str(tmp_path_factory.mktemp("kafka")),
+    }
+    if not _reachable("127.0.0.1", port):
+        _run_script(["scripts/kafka.sh", "start"], env, "the Kafka broker")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["scripts/kafka.sh", "stop"], cwd=ROOT, env=env, check=False)  # noqa: S603
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Admin URL of a real PostgreSQL: TEST_POSTGRES_URL, else a cluster started for the run."""
+    given = os.environ.get("TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
+        unavailable("PostgreSQL is not installed (run: scripts/postgres.sh install)")
+    port = int(os.environ.get("TEST_PG_PORT", "55433"))
+    # Not under /tmp/pytest-of-root: PostgreSQL runs as the postgres user, who cannot enter it.
+    data_dir = ROOT / ".run" / f"test-postgres-{port}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    env = {**os.environ, "PG_PORT": str(port), "PG_DATA_DIR": str(data_dir)}
+    _run_script(["scripts/postgres.sh", "start"], env, "PostgreSQL")
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(["scripts/postgres.sh", "stop"], cwd=ROOT, env=env, check=False)  # noqa: S603
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _create_postgres_database(admin_url: str) -> str:
+    name = f"waiting_test_{secrets.token_hex(4)}"
+    url = admin_url.rsplit("/", 1)[0]
+    host_port = url.split("@", 1)[1]
+    host, port = host_port.split(":")
+    psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
+    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)  # noqa: S603
+    return f"{url}/{name}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A freshly migrated database of each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'waiting.sqlite3'}"
+    else:
+        url = _create_postgres_database(request.getfixturevalue("postgres_server"))
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def system(database_url: str, kafka_bootstrap: str) -> AsyncIterator[System]:
+    """token_api and one activator on the session's database and broker."""
+    token_settings, activator_settings = settings_for(database_url, kafka_bootstrap)
+    async with TokenApi(token_settings) as token_api, Activator(activator_settings) as activator:
+        await wait_assigned(activator)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{token_api.port}") as token_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{activator.port}") as activator_channel,
+        ):
+            yield System(
+                token_api=token_api,
+                activator=activator,
+                token_api_settings=token_settings,
+                activator_settings=activator_settings,
+                tokens=token_service_pb2_grpc.TokenServiceStub(token_channel),
+                schedules=schedule_service_pb2_grpc.ScheduleServiceStub(token_channel),
+                queue=queue_status_service_pb2_grpc.QueueStatusServiceStub(activator_channel),
+            )
+
+
+_schedule_ids = itertools.count(secrets.randbelow(10**9) * 1000 + 1)
+
+
+@pytest.fixture
+def schedule_id() -> int:
+    """A schedule id no other test uses."""
+    return next(_schedule_ids)
+
+
+@pytest.fixture
+def new_schedule_id() -> Callable[[], int]:
+    """Hands out schedule ids no other test uses."""
+    return lambda: next(_schedule_ids)

@@ -1,0 +1,133 @@
+"""Helpers shared by the tests: the running system, settings, and polling with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from activator.config import ActivatorSettings
+from activator.server import Activator
+from token_api.config import TokenApiSettings
+from token_api.server import TokenApi
+from waiting.v1 import (
+    queue_status_service_pb2,
+    queue_status_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+    token_pb2,
+    token_service_pb2,
+    token_service_pb2_grpc,
+)
+
+RPC_TIMEOUT = 10.0
+
+
+@dataclass
+class System:
+    """Both services running in this process, with stubs on real channels."""
+
+    token_api: TokenApi
+    activator: Activator
+    token_api_settings: TokenApiSettings
+    activator_settings: ActivatorSettings
+    tokens: token_service_pb2_grpc.TokenServiceStub
+    schedules: schedule_service_pb2_grpc.ScheduleServiceStub
+    queue: queue_status_service_pb2_grpc.QueueStatusServiceStub
+
+    @property
+    def token_api_address(self) -> str:
+        """host:port of token_api."""
+        return f"127.0.0.1:{self.token_api.port}"
+
+    @property
+    def activator_address(self) -> str:
+        """host:port of the activator."""
+        return f"127.0.0.1:{self.activator.port}"
+
+
+def settings_for(database_url: str, kafka_bootstrap: str) -> tuple[TokenApiSettings, ActivatorSettings]:
+    """Settings of both services for one test session: own topics and group, port 0."""
+    suffix = secrets.token_hex(4)
+    common = {
+        "database_url": database_url,
+        "kafka_bootstrap": kafka_bootstrap,
+        "waiting_topic": f"waiting-token-{suffix}",
+        "events_topic": f"token-events-{suffix}",
+        "shutdown_grace_seconds": 1.0,
+    }
+    token_api = TokenApiSettings(**common, host="127.0.0.1", port=0, outbox_poll_seconds=0.5)
+    activator = ActivatorSettings(
+        **common, host="127.0.0.1", port=0, group_id=f"token-activate-{suffix}"
+    )
+    return token_api, activator
+
+
+async def wait_assigned(activator: Activator, timeout: float = 60.0) -> None:
+    """Wait until the activator's consumer joined its group and owns partitions."""
+    await asyncio.wait_for(activator.consumer.ready.wait(), timeout)
+    await eventually(lambda: _has_assignment(activator), timeout=timeout)
+
+
+async def _has_assignment(activator: Activator) -> bool:
+    return bool(activator.consumer.assignment())
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05
+) -> None:
+    """Poll ``check`` until it is true; fail with a clear message at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {check}")
+        await asyncio.sleep(interval)
+
+
+async def issue(system: System, user_id: str, schedule_id: int) -> token_pb2.Token:
+    """IssueToken through the real server."""
+    reply = await system.tokens.IssueToken(
+        token_service_pb2.IssueTokenRequest(user_id=user_id, schedule_id=schedule_id),
+        timeout=RPC_TIMEOUT,
+    )
+    return reply.token
+
+
+async def token_status(system: System, token_id: str) -> token_pb2.Token:
+    """GetTokenStatus through the real activator server."""
+    reply = await system.queue.GetTokenStatus(
+        queue_status_service_pb2.GetTokenStatusRequest(token_id=token_id), timeout=RPC_TIMEOUT
+    )
+    return reply.token
+
+
+async def queue_status(system: System, schedule_id: int) -> queue_status_service_pb2.GetQueueStatusResponse:
+    """GetQueueStatus through the real activator server."""
+    return await system.queue.GetQueueStatus(
+        queue_status_service_pb2.GetQueueStatusRequest(schedule_id=schedule_id),
+        timeout=RPC_TIMEOUT,
+    )
+
+
+async def set_capacity(system: System, schedule_id: int, capacity: int) -> None:
+    """UpsertSchedule with the given capacity and default TTLs."""
+    await system.schedules.UpsertSchedule(
+        schedule_service_pb2.UpsertScheduleRequest(
+            schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, capacity=capacity)
+        ),
+        timeout=RPC_TIMEOUT,
+    )
+
+
+async def wait_counts(system: System, schedule_id: int, active: int, pending: int) -> None:
+    """Wait until the schedule shows exactly these counts."""
+
+    async def reached() -> bool:
+        status = await queue_status(system, schedule_id)
+        return status.active_count == active and status.pending_count == pending
+
+    await eventually(reached)

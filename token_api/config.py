@@ -1,0 +1,21 @@
+"""token_api's settings, read once from the environment in ``__main__``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from waiting_core.settings import CommonSettings, non_negative, port, positive, setting
+
+
+@dataclass(frozen=True, slots=True)
+class TokenApiSettings(CommonSettings):
+    """Everything token_api can be told; see ``python -m token_api --help``."""
+
+    host: str = setting("TOKEN_API_HOST", "0.0.0.0", "address the gRPC server binds")  # noqa: S104
+    port: int = setting("TOKEN_API_PORT", 50051, "gRPC port (0 picks a free one)", port)
+    outbox_poll_seconds: float = setting(
+        "OUTBOX_POLL_SECONDS", 1.0, "how often the relay looks for unsent events", positive
+    )
+    producer_linger_ms: int = setting(
+        "PRODUCER_LINGER_MS", 0, "Kafka producer linger; 0 sends at once", non_negative
+    )

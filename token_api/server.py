@@ -1,0 +1,86 @@
+"""Wiring of token_api: database, outbox relay and the gRPC server, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+
+from waiting.v1 import schedule_service_pb2, schedule_service_pb2_grpc, token_service_pb2
+from waiting.v1 import token_service_pb2_grpc
+from waiting_core import serving
+from waiting_core.database import Database
+from waiting_core.events import Topics
+from waiting_core.outbox import OutboxRelay
+from token_api.admin import ScheduleService
+from token_api.config import TokenApiSettings
+from token_api.service import TokenService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+)
+
+
+class TokenApi:
+    """The running token_api. ``start``/``stop`` are idempotent; works with ``async with``."""
+
+    def __init__(self, settings: TokenApiSettings) -> None:
+        self.settings = settings
+        topics = Topics(waiting=settings.waiting_topic, events=settings.events_topic)
+        self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
+        self.relay = OutboxRelay(
+            self.database,
+            settings.kafka_bootstrap,
+            poll_interval=settings.outbox_poll_seconds,
+            linger_ms=settings.producer_linger_ms,
+            topics=topics,
+            partitions=settings.topic_partitions,
+        )
+        self.server = serving.new_server()
+        token_service_pb2_grpc.add_TokenServiceServicer_to_server(
+            TokenService(self.database, self.relay, topics), self.server
+        )
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+            ScheduleService(self.database, self.relay, topics), self.server
+        )
+        self.health = serving.add_health_and_reflection(self.server, SERVICE_NAMES)
+        self.port = 0
+        self._started = False
+
+    async def start(self) -> None:
+        """Open the database, start the relay, bind the port and report SERVING."""
+        if self._started:
+            return
+        self._started = True
+        await self.database.start()
+        await self.relay.start()
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        await serving.set_health(self.health, SERVICE_NAMES, serving=True)
+        log.info("token_api serving on %s:%d", self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        """NOT_SERVING, drain RPCs, flush the outbox, close the database."""
+        if not self._started:
+            return
+        self._started = False
+        await serving.set_health(self.health, SERVICE_NAMES, serving=False)
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        await self.relay.stop()
+        await self.database.stop()
+        log.info("token_api stopped")
+
+    async def __aenter__(self) -> TokenApi:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def create_server(settings: TokenApiSettings) -> tuple[TokenApi, int]:
+    """Start token_api; return it with the port it bound."""
+    app = TokenApi(settings)
+    await app.start()
+    return app, app.port

@@ -1,0 +1,99 @@
+"""The TokenService servicer: protobuf in and out, store transactions in between."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+
+from waiting.v1 import token_service_pb2 as pb
+from waiting.v1 import token_service_pb2_grpc
+from waiting_core import domain, repository
+from waiting_core.database import Database
+from waiting_core.domain import TokenStatus
+from waiting_core.events import Topics, create_token_event, outbox_row, slots_freed_event
+from waiting_core.messages import token_to_proto
+from waiting_core.models import TokenRow
+from waiting_core.outbox import OutboxRelay
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class TokenService(token_service_pb2_grpc.TokenServiceServicer):
+    """Issues, reads, validates, completes and cancels waiting tokens."""
+
+    def __init__(self, database: Database, relay: OutboxRelay, topics: Topics) -> None:
+        self._database = database
+        self._relay = relay
+        self._topics = topics
+
+    async def IssueToken(self, request: pb.IssueTokenRequest, context: Context) -> pb.IssueTokenResponse:
+        user_id = domain.validate_user_id(request.user_id)
+        schedule_id = domain.validate_schedule_id(request.schedule_id)
+        now = utc_now()
+        async with self._database.transaction() as session:
+            schedule = await repository.lock_schedule(session, schedule_id)
+            token = await repository.find_live_token(session, schedule_id, user_id)
+            if token is None:
+                token = await repository.add_pending_token(session, schedule, user_id, now)
+                event = create_token_event(token.token_id, user_id, schedule_id, now)
+                await repository.add_outbox_event(
+                    session, outbox_row(self._topics.waiting, schedule_id, event, now)
+                )
+            position = await repository.position_of(session, token, schedule.head_seq)
+        self._relay.wake()
+        return pb.IssueTokenResponse(token=token_to_proto(token, position))
+
+    async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.GetTokenResponse:
+        token_id = domain.validate_token_id(request.token_id)
+        async with self._database.transaction() as session:
+            token = await repository.get_token(session, token_id)
+            await repository.touch_token(session, token, utc_now())
+            position = await repository.current_position(session, token)
+        return pb.GetTokenResponse(token=token_to_proto(token, position))
+
+    async def ValidateToken(
+        self, request: pb.ValidateTokenRequest, context: Context
+    ) -> pb.ValidateTokenResponse:
+        token_id = domain.validate_token_id(request.token_id)
+        schedule_id = domain.validate_schedule_id(request.schedule_id)
+        async with self._database.transaction(read_only=True) as session:
+            token = await repository.get_token(session, token_id)
+            position = await repository.current_position(session, token)
+        active = (
+            token.status == TokenStatus.ACTIVE
+            and token.schedule_id == schedule_id
+            and token.expires_at is not None
+            and token.expires_at > utc_now()
+        )
+        return pb.ValidateTokenResponse(active=active, token=token_to_proto(token, position))
+
+    async def CompleteToken(
+        self, request: pb.CompleteTokenRequest, context: Context
+    ) -> pb.CompleteTokenResponse:
+        token = await self._release(request.token_id, TokenStatus.COMPLETED)
+        return pb.CompleteTokenResponse(token=token_to_proto(token, 0))
+
+    async def CancelToken(self, request: pb.CancelTokenRequest, context: Context) -> pb.CancelTokenResponse:
+        token = await self._release(request.token_id, TokenStatus.CANCELLED)
+        return pb.CancelTokenResponse(token=token_to_proto(token, 0))
+
+    async def _release(self, raw_token_id: str, target: TokenStatus) -> TokenRow:
+        token_id = domain.validate_token_id(raw_token_id)
+        now = utc_now()
+        async with self._database.transaction() as session:
+            release = await repository.release_token(session, token_id, target, now)
+            if release.freed_slot:
+                schedule_id = release.token.schedule_id
+                event = slots_freed_event(schedule_id, target.value.lower(), now)
+                await repository.add_outbox_event(
+                    session, outbox_row(self._topics.waiting, schedule_id, event, now)
+                )
+        if release.freed_slot:
+            self._relay.wake()
+        return release.token

@@ -1,0 +1,66 @@
+"""The command line both services share: ``--help``, settings, logging, run until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+from waiting_core.serving import wait_for_shutdown_signal
+from waiting_core.settings import CommonSettings, ConfigError, describe, load
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+class App(Protocol):
+    """A service with async start and stop."""
+
+    async def start(self) -> None:
+        """Start serving."""
+
+    async def stop(self) -> None:
+        """Stop gracefully."""
+
+
+def run_service(
+    name: str,
+    summary: str,
+    settings_class: type[S],
+    make_app: Callable[[S], App],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse the command line, load settings, and serve until SIGTERM or SIGINT."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(f"usage: python -m {name}\n\n{summary}\n\nSettings (environment variables):")
+        print(describe(settings_class))
+        return 0
+    if args:
+        print(f"{name}: unexpected arguments {args}; settings come from the environment, "
+              "see --help", file=sys.stderr)
+        return 2
+    try:
+        settings = load(settings_class, os.environ)
+    except ConfigError as exc:
+        print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(_serve(lambda: make_app(settings)))
+    return 0
+
+
+async def _serve(make_app: Callable[[], App]) -> None:
+    app = make_app()  # inside the loop: grpc.aio binds its server to the running loop
+    await app.start()
+    try:
+        await wait_for_shutdown_signal()
+    finally:
+        await app.stop()
+
+

@@ -1,0 +1,138 @@
+"""The engine and transactions of the token store, on PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+Every RPC and every consumed batch runs in one ``async with database.transaction() as s:``
+block. Library errors that mean "the database is unreachable" become ``StorageUnavailable``
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from waiting_core.errors import StorageUnavailable
+
+_READ_ONLY = "waiting_read_only"
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError)
+
+
+class Database:
+    """Owns the async engine; hands out framed transactions. ``start``/``stop`` are idempotent."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._echo = echo
+        self._engine: AsyncEngine | None = None
+        self._writer: async_sessionmaker[AsyncSession] | None = None
+        self._reader: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def dialect(self) -> str:
+        """'postgresql' or 'sqlite'."""
+        return make_url(self.url).get_backend_name()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine; only after ``start``."""
+        if self._engine is None:
+            raise RuntimeError("Database.start() was not called")
+        return self._engine
+
+    async def start(self) -> None:
+        """Create the engine and its pool (connections open lazily)."""
+        if self._engine is not None:
+            return
+        self._engine = _create_engine(self.url, self._pool_size, self._echo)
+        reader_engine = self._engine.execution_options(**{_READ_ONLY: True})
+        self._writer = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._reader = async_sessionmaker(reader_engine, expire_on_commit=False)
+
+    async def stop(self) -> None:
+        """Close every pooled connection."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @asynccontextmanager
+    async def transaction(self, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+        """One session in one transaction: commit on success, roll back on error."""
+        makers = self._reader if read_only else self._writer
+        if makers is None:
+            raise RuntimeError("Database.start() was not called")
+        try:
+            async with makers() as session, session.begin():
+                yield session
+        except (DBAPIError, PoolTimeout, OSError, asyncio.TimeoutError) as exc:
+            if _is_unreachable(exc):
+                raise StorageUnavailable() from exc
+            raise
+
+
+def _create_engine(url: str, pool_size: int, echo: bool) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(url, echo)
+    return create_async_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args={"timeout": 5, "command_timeout": 30},
+    )
+
+
+def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" hook issue BEGIN itself, so writers can take the write
+        # lock up front (BEGIN IMMEDIATE) instead of failing to upgrade a read lock.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine

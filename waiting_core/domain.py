@@ -1,0 +1,146 @@
+"""Pure rules of the waiting room: statuses, transitions, validation, slots and positions.
+
+Nothing here does I/O; callers pass the clock's reading in.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+from dataclasses import dataclass
+
+from waiting_core.errors import FailedPrecondition, InvalidArgument
+
+MAX_USER_ID_LENGTH = 128
+TOKEN_ID_BYTES = 24  # 192 random bits; the design asks for at least 128
+TOKEN_ID_LENGTH = 32  # len(secrets.token_urlsafe(24))
+_TOKEN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{%d}" % TOKEN_ID_LENGTH)
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+MAX_CAPACITY = 1_000_000
+MAX_ACTIVE_TTL_SECONDS = 86_400
+MAX_PENDING_TTL_SECONDS = 7 * 86_400
+MAX_ADMIT_RATE = 1_000_000
+
+
+class TokenStatus(enum.StrEnum):
+    """A token's place in its lifecycle; names match the proto enum without its prefix."""
+
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    EXPIRED = "EXPIRED"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the token still holds a place in line or a slot."""
+        return self in (TokenStatus.PENDING, TokenStatus.ACTIVE)
+
+
+LIVE_STATUSES = (TokenStatus.PENDING, TokenStatus.ACTIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSettings:
+    """Admission settings of one schedule; the defaults serve schedules never configured."""
+
+    schedule_id: int
+    capacity: int = 1000
+    active_ttl_seconds: int = 600
+    pending_ttl_seconds: int = 0
+    admit_rate_per_second: int = 0
+
+    def validated(self) -> ScheduleSettings:
+        """Return self, or raise InvalidArgument naming the first bad field."""
+        validate_schedule_id(self.schedule_id)
+        _check_range("schedule.capacity", self.capacity, 1, MAX_CAPACITY)
+        _check_range("schedule.active_ttl_seconds", self.active_ttl_seconds, 1,
+                     MAX_ACTIVE_TTL_SECONDS)
+        _check_range("schedule.pending_ttl_seconds", self.pending_ttl_seconds, 0,
+                     MAX_PENDING_TTL_SECONDS)
+        _check_range("schedule.admit_rate_per_second", self.admit_rate_per_second, 0,
+                     MAX_ADMIT_RATE)
+        return self
+
+
+def _check_range(field: str, value: int, lowest: int, highest: int) -> None:
+    if not lowest <= value <= highest:
+        raise InvalidArgument(field, f"must be between {lowest} and {highest}, got {value}")
+
+
+def new_token_id() -> str:
+    """An unguessable token id: 192 bits from the OS's CSPRNG, URL-safe base64."""
+    return secrets.token_urlsafe(TOKEN_ID_BYTES)
+
+
+def validate_user_id(user_id: str) -> str:
+    """Return the user id, or raise InvalidArgument for an empty, long or unprintable one."""
+    if not user_id or not user_id.strip():
+        raise InvalidArgument("user_id", "must not be empty")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidArgument("user_id", f"must be at most {MAX_USER_ID_LENGTH} characters")
+    if _CONTROL_CHARS.search(user_id):
+        raise InvalidArgument("user_id", "must not contain control characters")
+    return user_id
+
+
+def validate_schedule_id(schedule_id: int, field: str = "schedule_id") -> int:
+    """Return the schedule id, or raise InvalidArgument unless it is positive."""
+    if schedule_id <= 0:
+        raise InvalidArgument(field, f"must be a positive integer, got {schedule_id}")
+    return schedule_id
+
+
+def validate_token_id(token_id: str) -> str:
+    """Return the token id, or raise InvalidArgument when it cannot be one of ours."""
+    if not token_id:
+        raise InvalidArgument("token_id", "must not be empty")
+    if not _TOKEN_ID_PATTERN.fullmatch(token_id):
+        raise InvalidArgument(
+            "token_id", f"must be {TOKEN_ID_LENGTH} URL-safe base64 characters"
+        )
+    return token_id
+
+
+def free_slots(capacity: int, active_count: int) -> int:
+    """How many tokens may be admitted now; never negative when capacity was lowered."""
+    return max(0, capacity - active_count)
+
+
+def pending_position(seq: int, head_seq: int, departed_between: int) -> int:
+    """1-based place of a PENDING token in its schedule's line.
+
+    Tokens of a schedule get consecutive sequence numbers at issue, and admission is FIFO,
+    so every token with ``seq <= head_seq`` has left the line. The tokens ahead are those
+    between the head and this one, less the ones that left while pending (cancelled or
+    abandoned), which the caller counts.
+    """
+    return seq - head_seq - departed_between
+
+
+# The transitions a client may ask for. A repeat of the transition already made is harmless:
+# it returns the token as it is.
+_RELEASE_SOURCES: dict[TokenStatus, tuple[TokenStatus, ...]] = {
+    TokenStatus.COMPLETED: (TokenStatus.ACTIVE,),
+    TokenStatus.CANCELLED: (TokenStatus.PENDING, TokenStatus.ACTIVE),
+}
+
+
+def release_sources(target: TokenStatus) -> tuple[TokenStatus, ...]:
+    """The statuses from which a client may move a token to ``target``."""
+    return _RELEASE_SOURCES[target]
+
+
+def check_release(current: TokenStatus, target: TokenStatus) -> bool:
+    """True when the move to ``target`` must happen, False when it already has.
+
+    Raises FailedPrecondition for a move the lifecycle does not allow.
+    """
+    if current == target:
+        return False
+    if current in _RELEASE_SOURCES[target]:
+        return True
+    verb = "complete" if target == TokenStatus.COMPLETED else "cancel"
+    raise FailedPrecondition(f"token_id: cannot {verb} a token that is {current.value}")

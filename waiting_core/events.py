@@ -1,0 +1,128 @@
+"""Kafka events: topic names, the record codec, and topic creation.
+
+A record's key is the decimal schedule_id, so all events of a schedule land on one
+partition, and its ``event-type`` header is the protobuf message's full name.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from waiting.v1 import events_pb2
+from waiting_core.errors import BadEvent
+from waiting_core.models import OutboxRow
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPE_HEADER = "event-type"
+
+# Events that make the activator look at a schedule's line.
+_ADMISSION_TRIGGERS: dict[str, type[Message]] = {
+    events_pb2.CreateTokenEvent.DESCRIPTOR.full_name: events_pb2.CreateTokenEvent,
+    events_pb2.SlotsFreedEvent.DESCRIPTOR.full_name: events_pb2.SlotsFreedEvent,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topic names, configurable so that tests and tenants can keep theirs apart."""
+
+    waiting: str = "waiting-token"
+    events: str = "token-events"
+
+    @property
+    def dead_letter(self) -> str:
+        """Where records that cannot be applied go: ``<waiting>.DLT``."""
+        return f"{self.waiting}.DLT"
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """A protobuf Timestamp of an aware datetime."""
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def schedule_key(schedule_id: int) -> bytes:
+    """The record key of a schedule's events."""
+    return str(schedule_id).encode()
+
+
+def outbox_row(topic: str, schedule_id: int, message: Message, now: datetime) -> OutboxRow:
+    """An outbox row carrying ``message`` to ``topic``, keyed by schedule."""
+    return OutboxRow(
+        topic=topic,
+        key=schedule_key(schedule_id),
+        event_type=message.DESCRIPTOR.full_name,
+        payload=message.SerializeToString(),
+        created_at=now,
+    )
+
+
+def create_token_event(
+    token_id: str, user_id: str, schedule_id: int, issued_at: datetime
+) -> events_pb2.CreateTokenEvent:
+    """The event announcing a new PENDING token."""
+    return events_pb2.CreateTokenEvent(
+        token_id=token_id, user_id=user_id, schedule_id=schedule_id, issued_at=timestamp(issued_at)
+    )
+
+
+def slots_freed_event(schedule_id: int, reason: str, at: datetime) -> events_pb2.SlotsFreedEvent:
+    """The event saying a schedule may have room for its next PENDING tokens."""
+    return events_pb2.SlotsFreedEvent(schedule_id=schedule_id, reason=reason, at=timestamp(at))
+
+
+def admission_schedule(headers: list[tuple[str, bytes]] | None, value: bytes | None) -> int:
+    """The schedule a ``waiting-token`` record asks to admit for; BadEvent if undecodable."""
+    event_type = _header(headers, EVENT_TYPE_HEADER)
+    # Records without the header are CreateTokenEvents from producers that predate it.
+    message_class = _ADMISSION_TRIGGERS.get(
+        event_type or events_pb2.CreateTokenEvent.DESCRIPTOR.full_name
+    )
+    if message_class is None:
+        raise BadEvent(f"unknown event type {event_type!r}")
+    message = message_class()
+    try:
+        message.ParseFromString(value or b"")
+    except DecodeError as exc:
+        raise BadEvent(f"cannot decode {message_class.DESCRIPTOR.full_name}: {exc}") from exc
+    schedule_id: int = getattr(message, "schedule_id", 0)
+    if schedule_id <= 0:
+        raise BadEvent(f"schedule_id must be positive, got {schedule_id}")
+    return schedule_id
+
+
+def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, raw in headers or []:
+        if key == name:
+            return raw.decode("utf-8", "replace")
+    return None
+
+
+async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None:
+    """Create the topics if they are missing; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        wanted = [
+            NewTopic(topics.waiting, partitions, 1),
+            NewTopic(topics.events, partitions, 1),
+            NewTopic(topics.dead_letter, 1, 1),
+        ]
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                log.debug("another process created the topics first")
+    finally:
+        await admin.close()

@@ -1,0 +1,140 @@
+"""The one place where domain errors become gRPC status codes.
+
+``ErrorMappingInterceptor`` wraps every method of a grpc.aio server. It walks the exception's
+MRO to find a code in ``STATUS_CODES``; anything unknown is logged with its traceback and
+reaches the client as INTERNAL with a generic message. Requests that do not parse as
+protobuf (for example strings that are not UTF-8) get INVALID_ARGUMENT instead of the
+INTERNAL that grpc would answer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from waiting_core.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+_UNPARSABLE = object()
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode | None:
+    """The code an exception maps to, found along its MRO; None when unmapped."""
+    for klass in type(exc).__mro__:
+        code = STATUS_CODES.get(klass)
+        if code is not None:
+            return code
+    return None
+
+
+async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    code = status_for(exc)
+    if code is None or not isinstance(exc, DomainError):
+        log.exception("unhandled error in %s", _method_name(context))
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    else:
+        await context.abort(code, exc.message)
+
+
+def _method_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    try:
+        return str(context._rpc_event.call_details.method.decode())  # type: ignore[attr-defined]
+    except AttributeError:
+        return "rpc"
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, UnicodeDecodeError):
+            return _UNPARSABLE
+
+    return deserialize
+
+
+async def _reject_unparsable(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request: not a valid protobuf message of this method (strings must be UTF-8)",
+    )
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request is _UNPARSABLE:
+            await _reject_unparsable(context)
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the mapping point for every error
+            await _abort_for(exc, context)
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        if request is _UNPARSABLE:
+            await _reject_unparsable(context)
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the mapping point for every error
+            await _abort_for(exc, context)
+
+    return wrapped
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors to status codes for unary-unary and unary-stream methods."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        deserializer = _tolerant(handler.request_deserializer)
+        if inspect.iscoroutinefunction(handler.unary_unary):
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if inspect.isasyncgenfunction(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

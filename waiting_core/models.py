@@ -1,0 +1,149 @@
+"""SQLAlchemy models of the token store. The schema itself is made by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    Enum,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from waiting_core.domain import TokenStatus
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+StatusType = Enum(
+    TokenStatus,
+    name="token_status",
+    native_enum=False,
+    create_constraint=False,
+    length=10,
+    values_callable=lambda members: [m.value for m in members],
+)
+
+
+# Predicates of the partial indexes; the queries in repository.py repeat them so that both
+# PostgreSQL and SQLite can use the indexes.
+_LIVE = text("status IN ('PENDING', 'ACTIVE')")
+_PENDING = text("status = 'PENDING'")
+_ACTIVE = text("status = 'ACTIVE'")
+_DEPARTED = text("status IN ('CANCELLED', 'EXPIRED') AND activated_at IS NULL")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the token store."""
+
+
+class ScheduleRow(Base):
+    """Settings and live counters of one schedule; its row lock serialises admission."""
+
+    __tablename__ = "schedules"
+
+    schedule_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    capacity: Mapped[int] = mapped_column(Integer)
+    active_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    pending_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    admit_rate_per_second: Mapped[int] = mapped_column(Integer)
+    # Sequence number of the newest token issued for the schedule.
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Every token with seq <= head_seq has left PENDING (admission is FIFO).
+    head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    active_count: Mapped[int] = mapped_column(Integer, default=0)
+    pending_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    admitted_total: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TokenRow(Base):
+    """One waiting token."""
+
+    __tablename__ = "tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    schedule_id: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[TokenStatus] = mapped_column(StatusType)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "seq", name="uq_tokens_schedule_seq"),
+        # I5: one live token per user and schedule.
+        Index(
+            "uq_tokens_live_user",
+            "schedule_id",
+            "user_id",
+            unique=True,
+            sqlite_where=_LIVE,
+            postgresql_where=_LIVE,
+        ),
+        # Admission: the oldest PENDING tokens of a schedule.
+        Index(
+            "ix_tokens_pending",
+            "schedule_id",
+            "seq",
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
+        ),
+        # Positions: tokens that left the line without being admitted.
+        Index(
+            "ix_tokens_departed",
+            "schedule_id",
+            "seq",
+            sqlite_where=_DEPARTED,
+            postgresql_where=_DEPARTED,
+        ),
+        # Expiry sweeps.
+        Index(
+            "ix_tokens_active_expiry",
+            "expires_at",
+            sqlite_where=_ACTIVE,
+            postgresql_where=_ACTIVE,
+        ),
+    )
+
+
+class OutboxRow(Base):
+    """An event written with the change it announces, published to Kafka by the relay."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(249))
+    key: Mapped[bytes] = mapped_column(LargeBinary)
+    event_type: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,277 @@
+"""SQL of the token store. Every function takes the caller's session and never commits.
+
+Lock order, everywhere: the schedule row first, then its tokens. Issue, admission, release
+and settings changes of one schedule therefore serialise on that row (I1), and sequence
+numbers are handed out in commit order, which keeps admission FIFO (I2).
+
+Partial-index predicates are written as SQL literals, not bound parameters, so that both
+planners can match them to the indexes in ``models.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from waiting_core import domain
+from waiting_core.domain import ScheduleSettings, TokenStatus
+from waiting_core.errors import TokenNotFound
+from waiting_core.models import OutboxRow, ScheduleRow, TokenRow
+
+_PENDING = literal_column("'PENDING'")
+_ACTIVE = literal_column("'ACTIVE'")
+_LIVE = text("tokens.status IN ('PENDING', 'ACTIVE')")
+_DEPARTED = text("tokens.status IN ('CANCELLED', 'EXPIRED') AND tokens.activated_at IS NULL")
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What a complete or cancel did: the token after it, and whether a slot was freed."""
+
+    token: TokenRow
+    changed: bool
+    freed_slot: bool
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+
+async def get_schedule(session: AsyncSession, schedule_id: int) -> ScheduleRow | None:
+    """The schedule's row, or None when it was never configured nor used."""
+    return await session.get(ScheduleRow, schedule_id)
+
+
+async def lock_schedule(session: AsyncSession, schedule_id: int) -> ScheduleRow:
+    """Lock the schedule's row for this transaction, creating it with defaults if missing."""
+    row = await _select_for_update(session, schedule_id)
+    if row is None:
+        await _insert_default_schedule(session, schedule_id)
+        row = await _select_for_update(session, schedule_id)
+    assert row is not None  # noqa: S101 - inserted just above
+    return row
+
+
+async def _select_for_update(session: AsyncSession, schedule_id: int) -> ScheduleRow | None:
+    stmt = (
+        select(ScheduleRow)
+        .where(ScheduleRow.schedule_id == schedule_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def _insert_default_schedule(session: AsyncSession, schedule_id: int) -> None:
+    defaults = ScheduleSettings(schedule_id)
+    values = {
+        "schedule_id": schedule_id,
+        "capacity": defaults.capacity,
+        "active_ttl_seconds": defaults.active_ttl_seconds,
+        "pending_ttl_seconds": defaults.pending_ttl_seconds,
+        "admit_rate_per_second": defaults.admit_rate_per_second,
+        "last_seq": 0,
+        "head_seq": 0,
+        "active_count": 0,
+        "pending_count": 0,
+        "admitted_total": 0,
+    }
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    await session.execute(insert(ScheduleRow).values(values).on_conflict_do_nothing())
+
+
+def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
+    """The schedule's settings, or the defaults when it has no row."""
+    if row is None:
+        return ScheduleSettings(schedule_id)
+    return ScheduleSettings(
+        schedule_id=row.schedule_id,
+        capacity=row.capacity,
+        active_ttl_seconds=row.active_ttl_seconds,
+        pending_ttl_seconds=row.pending_ttl_seconds,
+        admit_rate_per_second=row.admit_rate_per_second,
+    )
+
+
+async def apply_settings(session: AsyncSession, settings: ScheduleSettings) -> ScheduleSettings:
+    """Write the settings under the schedule's lock; return the settings they replaced."""
+    row = await lock_schedule(session, settings.schedule_id)
+    previous = settings_of(row, settings.schedule_id)
+    row.capacity = settings.capacity
+    row.active_ttl_seconds = settings.active_ttl_seconds
+    row.pending_ttl_seconds = settings.pending_ttl_seconds
+    row.admit_rate_per_second = settings.admit_rate_per_second
+    return previous
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+async def find_token(session: AsyncSession, token_id: str) -> TokenRow | None:
+    """The token with this id, or None."""
+    return await session.get(TokenRow, token_id, populate_existing=True)
+
+
+async def get_token(session: AsyncSession, token_id: str) -> TokenRow:
+    """The token with this id; TokenNotFound otherwise."""
+    token = await find_token(session, token_id)
+    if token is None:
+        raise TokenNotFound(token_id)
+    return token
+
+
+async def find_live_token(session: AsyncSession, schedule_id: int, user_id: str) -> TokenRow | None:
+    """The user's PENDING or ACTIVE token for the schedule, if any (I5)."""
+    stmt = select(TokenRow).where(
+        TokenRow.schedule_id == schedule_id, TokenRow.user_id == user_id, _LIVE
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def add_pending_token(
+    session: AsyncSession, schedule: ScheduleRow, user_id: str, now: datetime
+) -> TokenRow:
+    """Append a PENDING token to the locked schedule's line."""
+    schedule.last_seq += 1
+    schedule.pending_count += 1
+    token = TokenRow(
+        token_id=domain.new_token_id(),
+        user_id=user_id,
+        schedule_id=schedule.schedule_id,
+        seq=schedule.last_seq,
+        status=TokenStatus.PENDING,
+        issued_at=now,
+        last_seen_at=now,
+    )
+    session.add(token)
+    await session.flush()
+    return token
+
+
+async def admit_oldest(
+    session: AsyncSession, schedule: ScheduleRow, limit: int, now: datetime
+) -> Sequence[TokenRow]:
+    """Turn the ``limit`` oldest PENDING tokens of the locked schedule ACTIVE, in one statement.
+
+    Only PENDING rows match, so a token is activated at most once (I4).
+    """
+    if limit <= 0:
+        return []
+    oldest = (
+        select(TokenRow.token_id)
+        .where(TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING)
+        .order_by(TokenRow.seq)
+        .limit(limit)
+    )
+    stmt = (
+        update(TokenRow)
+        .where(TokenRow.token_id.in_(oldest.scalar_subquery()), TokenRow.status == _PENDING)
+        .values(
+            status=TokenStatus.ACTIVE,
+            activated_at=now,
+            expires_at=now + timedelta(seconds=schedule.active_ttl_seconds),
+        )
+        .returning(TokenRow)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    admitted = sorted((await session.execute(stmt)).scalars().all(), key=lambda t: t.seq)
+    if admitted:
+        schedule.head_seq = max(schedule.head_seq, admitted[-1].seq)
+        schedule.active_count += len(admitted)
+        schedule.pending_count -= len(admitted)
+        schedule.admitted_total += len(admitted)
+    return admitted
+
+
+async def position_of(session: AsyncSession, token: TokenRow, head_seq: int) -> int:
+    """The token's 1-based place among PENDING tokens, or 0 when it is not pending.
+
+    Counts only the tokens that left the line between the head and this token (an index
+    range on ``ix_tokens_departed``), never the tokens still waiting.
+    """
+    if token.status != TokenStatus.PENDING:
+        return 0
+    departed = select(func.count()).where(
+        TokenRow.schedule_id == token.schedule_id,
+        TokenRow.seq > head_seq,
+        TokenRow.seq < token.seq,
+        _DEPARTED,
+    )
+    count = (await session.execute(departed)).scalar_one()
+    return domain.pending_position(token.seq, head_seq, count)
+
+
+async def current_position(session: AsyncSession, token: TokenRow) -> int:
+    """The token's position, reading its schedule's head; 0 when it is not pending."""
+    if token.status != TokenStatus.PENDING:
+        return 0
+    schedule = await get_schedule(session, token.schedule_id)
+    return await position_of(session, token, schedule.head_seq if schedule else 0)
+
+
+async def release_token(
+    session: AsyncSession, token_id: str, target: TokenStatus, now: datetime
+) -> Release:
+    """Complete or cancel the token (target COMPLETED or CANCELLED); repeats are harmless."""
+    token = await get_token(session, token_id)
+    schedule = await lock_schedule(session, token.schedule_id)
+    token = await _lock_token(session, token_id)
+    if not domain.check_release(token.status, target):
+        return Release(token=token, changed=False, freed_slot=False)
+    was_active = token.status == TokenStatus.ACTIVE
+    token.status = target
+    token.ended_at = now
+    if was_active:
+        schedule.active_count -= 1
+    else:
+        schedule.pending_count -= 1
+    await session.flush()
+    return Release(token=token, changed=True, freed_slot=was_active)
+
+
+async def _lock_token(session: AsyncSession, token_id: str) -> TokenRow:
+    stmt = (
+        select(TokenRow)
+        .where(TokenRow.token_id == token_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def touch_token(session: AsyncSession, token: TokenRow, now: datetime) -> None:
+    """Record that somebody asked about a PENDING token (it is not abandoned)."""
+    if token.status == TokenStatus.PENDING:
+        token.last_seen_at = now
+
+
+# --- outbox ------------------------------------------------------------------------------
+
+
+async def add_outbox_event(session: AsyncSession, event: OutboxRow) -> None:
+    """Queue an event in the same transaction as the change it announces."""
+    session.add(event)
+
+
+async def oldest_outbox_events(session: AsyncSession, limit: int) -> Sequence[OutboxRow]:
+    """Up to ``limit`` unpublished events, oldest first."""
+    stmt = select(OutboxRow).order_by(OutboxRow.id).limit(limit)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def delete_outbox_events(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Drop published events; the outbox holds only what is still to be sent."""
+    if ids:
+        await session.execute(
+            OutboxRow.__table__.delete().where(OutboxRow.id.in_(ids))  # type: ignore[attr-defined]
+        )
+
+
+async def outbox_backlog(session: AsyncSession) -> int:
+    """How many events wait to be published."""
+    return (await session.execute(select(func.count()).select_from(OutboxRow))).scalar_one()
