@@ -15,13 +15,17 @@ class ActivatorSettings(CommonSettings):
     port: int = setting("ACTIVATOR_PORT", 50052, "gRPC port (0 picks a free one)", port)
     group_id: str = setting("CONSUMER_GROUP", "token-activate", "Kafka consumer group")
     fetch_max_wait_ms: int = setting(
-        "FETCH_MAX_WAIT_MS", 20, "longest the broker holds an empty fetch (latency vs. load)",
+        "FETCH_MAX_WAIT_MS",
+        20,
+        "longest the broker holds an empty fetch (latency vs. load)",
         positive,
     )
     max_batch: int = setting(
         "MAX_BATCH_RECORDS", 2000, "most records applied per consumer batch", positive
     )
     retry_max_seconds: float = setting(
-        "RETRY_MAX_SECONDS", 5.0, "cap of the back-off between retries of a failed batch",
+        "RETRY_MAX_SECONDS",
+        5.0,
+        "cap of the back-off between retries of a failed batch",
         positive,
     )

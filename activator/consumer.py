@@ -100,9 +100,7 @@ class AdmissionConsumer:
         assert consumer is not None  # noqa: S101 - set by _connect_with_retry
         while not self._stopping.is_set():
             try:
-                batch = await consumer.getmany(
-                    timeout_ms=200, max_records=self._settings.max_batch
-                )
+                batch = await consumer.getmany(timeout_ms=200, max_records=self._settings.max_batch)
             except KafkaError as exc:
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(self._backoff(1))

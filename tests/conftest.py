@@ -20,13 +20,13 @@ import grpc
 import pytest
 
 from activator.server import Activator
+from tests.helpers import System, settings_for, wait_assigned
 from token_api.server import TokenApi
 from waiting.v1 import (
     queue_status_service_pb2_grpc,
     schedule_service_pb2_grpc,
     token_service_pb2_grpc,
 )
-from tests.helpers import System, settings_for, wait_assigned
 from waiting_core import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def _reachable(host: str, port: int) -> bool:
 
 
 def _run_script(args: list[str], env: dict[str, str], what: str) -> None:
-    result = subprocess.run(  # noqa: S603 - our own scripts
+    result = subprocess.run(
         args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     if result.returncode != 0:
@@ -72,7 +72,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run(["scripts/kafka.sh", "stop"], cwd=ROOT, env=env, check=False)  # noqa: S603
+        subprocess.run(["scripts/kafka.sh", "stop"], cwd=ROOT, env=env, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +93,7 @@ def postgres_server() -> Iterator[str]:
     try:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(["scripts/postgres.sh", "stop"], cwd=ROOT, env=env, check=False)  # noqa: S603
+        subprocess.run(["scripts/postgres.sh", "stop"], cwd=ROOT, env=env, check=False)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -103,14 +103,12 @@ def _create_postgres_database(admin_url: str) -> str:
     host_port = url.split("@", 1)[1]
     host, port = host_port.split(":")
     psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
-    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)  # noqa: S603
+    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
     return f"{url}/{name}"
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A freshly migrated database of each backend."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'waiting.sqlite3'}"

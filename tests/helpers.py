@@ -49,7 +49,9 @@ class System:
         return f"127.0.0.1:{self.activator.port}"
 
 
-def settings_for(database_url: str, kafka_bootstrap: str) -> tuple[TokenApiSettings, ActivatorSettings]:
+def settings_for(
+    database_url: str, kafka_bootstrap: str
+) -> tuple[TokenApiSettings, ActivatorSettings]:
     """Settings of both services for one test session: own topics and group, port 0."""
     suffix = secrets.token_hex(4)
     common = {
@@ -105,7 +107,9 @@ async def token_status(system: System, token_id: str) -> token_pb2.Token:
     return reply.token
 
 
-async def queue_status(system: System, schedule_id: int) -> queue_status_service_pb2.GetQueueStatusResponse:
+async def queue_status(
+    system: System, schedule_id: int
+) -> queue_status_service_pb2.GetQueueStatusResponse:
     """GetQueueStatus through the real activator server."""
     return await system.queue.GetQueueStatus(
         queue_status_service_pb2.GetQueueStatusRequest(schedule_id=schedule_id),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from token_api.service import Context, utc_now
 from waiting.v1 import schedule_service_pb2 as pb
 from waiting.v1 import schedule_service_pb2_grpc
 from waiting_core import domain, repository
@@ -10,7 +11,6 @@ from waiting_core.errors import InvalidArgument
 from waiting_core.events import Topics, outbox_row, slots_freed_event
 from waiting_core.messages import schedule_from_proto, schedule_to_proto
 from waiting_core.outbox import OutboxRelay
-from token_api.service import Context, utc_now
 
 
 class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
@@ -44,4 +44,6 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         schedule_id = domain.validate_schedule_id(request.schedule_id)
         async with self._database.transaction(read_only=True) as session:
             row = await repository.get_schedule(session, schedule_id)
-        return pb.GetScheduleResponse(schedule=schedule_to_proto(repository.settings_of(row, schedule_id)))
+        return pb.GetScheduleResponse(
+            schedule=schedule_to_proto(repository.settings_of(row, schedule_id))
+        )

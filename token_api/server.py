@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 
-from waiting.v1 import schedule_service_pb2, schedule_service_pb2_grpc, token_service_pb2
-from waiting.v1 import token_service_pb2_grpc
+from token_api.admin import ScheduleService
+from token_api.config import TokenApiSettings
+from token_api.service import TokenService
+from waiting.v1 import (
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+    token_service_pb2,
+    token_service_pb2_grpc,
+)
 from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.outbox import OutboxRelay
-from token_api.admin import ScheduleService
-from token_api.config import TokenApiSettings
-from token_api.service import TokenService
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,9 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         self._relay = relay
         self._topics = topics
 
-    async def IssueToken(self, request: pb.IssueTokenRequest, context: Context) -> pb.IssueTokenResponse:
+    async def IssueToken(
+        self, request: pb.IssueTokenRequest, context: Context
+    ) -> pb.IssueTokenResponse:
         user_id = domain.validate_user_id(request.user_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
         now = utc_now()
@@ -79,7 +81,9 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         token = await self._release(request.token_id, TokenStatus.COMPLETED)
         return pb.CompleteTokenResponse(token=token_to_proto(token, 0))
 
-    async def CancelToken(self, request: pb.CancelTokenRequest, context: Context) -> pb.CancelTokenResponse:
+    async def CancelToken(
+        self, request: pb.CancelTokenRequest, context: Context
+    ) -> pb.CancelTokenResponse:
         token = await self._release(request.token_id, TokenStatus.CANCELLED)
         return pb.CancelTokenResponse(token=token_to_proto(token, 0))
 

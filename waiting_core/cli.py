@@ -39,8 +39,10 @@ def run_service(
         print(describe(settings_class))
         return 0
     if args:
-        print(f"{name}: unexpected arguments {args}; settings come from the environment, "
-              "see --help", file=sys.stderr)
+        print(
+            f"{name}: unexpected arguments {args}; settings come from the environment, see --help",
+            file=sys.stderr,
+        )
         return 2
     try:
         settings = load(settings_class, os.environ)
@@ -62,5 +64,3 @@ async def _serve(make_app: Callable[[], App]) -> None:
         await wait_for_shutdown_signal()
     finally:
         await app.stop()
-
-

@@ -91,7 +91,7 @@ class Database:
         try:
             async with makers() as session, session.begin():
                 yield session
-        except (DBAPIError, PoolTimeout, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, DBAPIError, PoolTimeout, OSError) as exc:
             if _is_unreachable(exc):
                 raise StorageUnavailable() from exc
             raise

@@ -15,7 +15,7 @@ from waiting_core.errors import FailedPrecondition, InvalidArgument
 MAX_USER_ID_LENGTH = 128
 TOKEN_ID_BYTES = 24  # 192 random bits; the design asks for at least 128
 TOKEN_ID_LENGTH = 32  # len(secrets.token_urlsafe(24))
-_TOKEN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{%d}" % TOKEN_ID_LENGTH)
+_TOKEN_ID_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_ID_LENGTH}}}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 MAX_CAPACITY = 1_000_000
@@ -56,12 +56,15 @@ class ScheduleSettings:
         """Return self, or raise InvalidArgument naming the first bad field."""
         validate_schedule_id(self.schedule_id)
         _check_range("schedule.capacity", self.capacity, 1, MAX_CAPACITY)
-        _check_range("schedule.active_ttl_seconds", self.active_ttl_seconds, 1,
-                     MAX_ACTIVE_TTL_SECONDS)
-        _check_range("schedule.pending_ttl_seconds", self.pending_ttl_seconds, 0,
-                     MAX_PENDING_TTL_SECONDS)
-        _check_range("schedule.admit_rate_per_second", self.admit_rate_per_second, 0,
-                     MAX_ADMIT_RATE)
+        _check_range(
+            "schedule.active_ttl_seconds", self.active_ttl_seconds, 1, MAX_ACTIVE_TTL_SECONDS
+        )
+        _check_range(
+            "schedule.pending_ttl_seconds", self.pending_ttl_seconds, 0, MAX_PENDING_TTL_SECONDS
+        )
+        _check_range(
+            "schedule.admit_rate_per_second", self.admit_rate_per_second, 0, MAX_ADMIT_RATE
+        )
         return self
 
 
@@ -98,9 +101,7 @@ def validate_token_id(token_id: str) -> str:
     if not token_id:
         raise InvalidArgument("token_id", "must not be empty")
     if not _TOKEN_ID_PATTERN.fullmatch(token_id):
-        raise InvalidArgument(
-            "token_id", f"must be {TOKEN_ID_LENGTH} URL-safe base64 characters"
-        )
+        raise InvalidArgument("token_id", f"must be {TOKEN_ID_LENGTH} URL-safe base64 characters")
     return token_id
 
 

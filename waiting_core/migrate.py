@@ -39,8 +39,10 @@ def main() -> int:
     url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     problem = database_url(url)
     if problem:
-        print(f"migrate: invalid configuration: {ConfigError(f'DATABASE_URL: {problem}')}",
-              file=sys.stderr)
+        print(
+            f"migrate: invalid configuration: {ConfigError(f'DATABASE_URL: {problem}')}",
+            file=sys.stderr,
+        )
         return 2
     upgrade(url)
     print(f"migrate: {make_url(url).render_as_string(hide_password=True)} is at the newest schema")

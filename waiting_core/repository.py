@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, literal_column, select, text, update
+from sqlalchemy import ColumnElement, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,8 +24,7 @@ from waiting_core.domain import ScheduleSettings, TokenStatus
 from waiting_core.errors import TokenNotFound
 from waiting_core.models import OutboxRow, ScheduleRow, TokenRow
 
-_PENDING = literal_column("'PENDING'")
-_ACTIVE = literal_column("'ACTIVE'")
+_PENDING: ColumnElement[str] = literal_column("'PENDING'")
 _LIVE = text("tokens.status IN ('PENDING', 'ACTIVE')")
 _DEPARTED = text("tokens.status IN ('CANCELLED', 'EXPIRED') AND tokens.activated_at IS NULL")
 
@@ -81,7 +80,8 @@ async def _insert_default_schedule(session: AsyncSession, schedule_id: int) -> N
         "pending_count": 0,
         "admitted_total": 0,
     }
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     await session.execute(insert(ScheduleRow).values(values).on_conflict_do_nothing())
 
 

@@ -8,7 +8,8 @@ import signal
 from collections.abc import Iterable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio re-exports
 from grpc_reflection.v1alpha import reflection
 
 from waiting_core.grpc_errors import ErrorMappingInterceptor
@@ -32,21 +33,24 @@ def new_server() -> grpc.aio.Server:
 
 def add_health_and_reflection(
     server: grpc.aio.Server, service_names: Iterable[str]
-) -> health.aio.HealthServicer:
+) -> HealthServicer:
     """Register grpc.health.v1 and server reflection; every service starts NOT_SERVING."""
     names = list(service_names)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     return health_servicer
 
 
 async def set_health(
-    health_servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool
+    health_servicer: HealthServicer, service_names: Iterable[str], serving: bool
 ) -> None:
     """Mark the whole server ("") and each named service SERVING or NOT_SERVING."""
     status = (

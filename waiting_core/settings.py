@@ -25,9 +25,7 @@ def setting(
     env: str, default: Any, help: str, check: Callable[[Any], str | None] | None = None
 ) -> Any:
     """Declare a settings field read from ``env``; ``check`` returns an error text or None."""
-    return dataclasses.field(
-        default=default, metadata={"env": env, "help": help, "check": check}
-    )
+    return dataclasses.field(default=default, metadata={"env": env, "help": help, "check": check})
 
 
 def positive(value: Any) -> str | None:
@@ -80,7 +78,9 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         env = field.metadata["env"]
         raw = environ.get(env)
-        value = field.default if raw is None or raw == "" else _parse_named(env, raw, hints[field.name])
+        value = (
+            field.default if raw is None or raw == "" else _parse_named(env, raw, hints[field.name])
+        )
         check = field.metadata["check"]
         problem = check(value) if check is not None else None
         if problem:
@@ -102,7 +102,9 @@ def describe(cls: type[Any]) -> str:
     lines = []
     for field in dataclasses.fields(cls):
         default = field.default
-        lines.append(f"  {field.metadata['env']:<34} {field.metadata['help']} (default: {default!r})")
+        lines.append(
+            f"  {field.metadata['env']:<34} {field.metadata['help']} (default: {default!r})"
+        )
     return "\n".join(lines)
 
 
@@ -132,7 +134,9 @@ class CommonSettings:
         "TOPIC_PARTITIONS", 6, "partitions of the topics when this service creates them", positive
     )
     shutdown_grace_seconds: float = setting(
-        "SHUTDOWN_GRACE_SECONDS", 5.0, "how long in-flight RPCs may finish on SIGTERM",
+        "SHUTDOWN_GRACE_SECONDS",
+        5.0,
+        "how long in-flight RPCs may finish on SIGTERM",
         non_negative,
     )
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", log_level)

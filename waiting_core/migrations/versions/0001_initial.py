@@ -52,25 +52,42 @@ def upgrade() -> None:
         sa.UniqueConstraint("schedule_id", "seq", name="uq_tokens_schedule_seq"),
     )
     op.create_index(
-        "uq_tokens_live_user", "tokens", ["schedule_id", "user_id"], unique=True,
-        sqlite_where=_LIVE, postgresql_where=_LIVE,
+        "uq_tokens_live_user",
+        "tokens",
+        ["schedule_id", "user_id"],
+        unique=True,
+        sqlite_where=_LIVE,
+        postgresql_where=_LIVE,
     )
     op.create_index(
-        "ix_tokens_pending", "tokens", ["schedule_id", "seq"],
-        sqlite_where=_PENDING, postgresql_where=_PENDING,
+        "ix_tokens_pending",
+        "tokens",
+        ["schedule_id", "seq"],
+        sqlite_where=_PENDING,
+        postgresql_where=_PENDING,
     )
     op.create_index(
-        "ix_tokens_departed", "tokens", ["schedule_id", "seq"],
-        sqlite_where=_DEPARTED, postgresql_where=_DEPARTED,
+        "ix_tokens_departed",
+        "tokens",
+        ["schedule_id", "seq"],
+        sqlite_where=_DEPARTED,
+        postgresql_where=_DEPARTED,
     )
     op.create_index(
-        "ix_tokens_active_expiry", "tokens", ["expires_at"],
-        sqlite_where=_ACTIVE, postgresql_where=_ACTIVE,
+        "ix_tokens_active_expiry",
+        "tokens",
+        ["expires_at"],
+        sqlite_where=_ACTIVE,
+        postgresql_where=_ACTIVE,
     )
     op.create_table(
         "outbox",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("topic", sa.String(249), nullable=False),
         sa.Column("key", sa.LargeBinary(), nullable=False),
         sa.Column("event_type", sa.String(128), nullable=False),
