@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -37,7 +37,7 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
 }
 
 _UNPARSABLE = object()
-Handler = grpc.RpcMethodHandler[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:

@@ -1,0 +1,89 @@
+"""Pure rules: validation, transitions, slots and positions. No I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from waiting_core import domain
+from waiting_core.domain import ScheduleSettings, TokenStatus
+from waiting_core.errors import FailedPrecondition, InvalidArgument
+
+
+def test_token_ids_carry_at_least_128_random_bits() -> None:
+    ids = {domain.new_token_id() for _ in range(1000)}
+
+    assert len(ids) == 1000
+    assert all(domain.validate_token_id(i) == i for i in ids)
+    assert domain.TOKEN_ID_BYTES * 8 >= 128
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 129, "a\nb", "\x7f"])
+def test_bad_user_ids_are_rejected_naming_the_field(bad: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"^user_id: "):
+        domain.validate_user_id(bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, -(2**63)])
+def test_schedule_ids_must_be_positive(bad: int) -> None:
+    with pytest.raises(InvalidArgument, match=r"^schedule_id: "):
+        domain.validate_schedule_id(bad)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        (ScheduleSettings(1, capacity=0), "capacity"),
+        (ScheduleSettings(1, capacity=1_000_001), "capacity"),
+        (ScheduleSettings(1, active_ttl_seconds=0), "active_ttl_seconds"),
+        (ScheduleSettings(1, pending_ttl_seconds=-1), "pending_ttl_seconds"),
+        (ScheduleSettings(1, admit_rate_per_second=-1), "admit_rate_per_second"),
+        (ScheduleSettings(0), "schedule_id"),
+    ],
+)
+def test_invalid_schedule_settings_name_the_field(settings: ScheduleSettings, field: str) -> None:
+    with pytest.raises(InvalidArgument, match=field):
+        settings.validated()
+
+
+def test_free_slots_never_go_negative_after_capacity_is_lowered() -> None:
+    assert domain.free_slots(capacity=10, active_count=4) == 6
+    assert domain.free_slots(capacity=3, active_count=5) == 0
+
+
+def test_position_skips_tokens_that_left_the_line() -> None:
+    # seq 11..20 issued after head 10; tokens 12 and 15 cancelled while pending.
+    assert domain.pending_position(seq=11, head_seq=10, departed_between=0) == 1
+    assert domain.pending_position(seq=16, head_seq=10, departed_between=2) == 4
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "changes"),
+    [
+        (TokenStatus.ACTIVE, TokenStatus.COMPLETED, True),
+        (TokenStatus.COMPLETED, TokenStatus.COMPLETED, False),
+        (TokenStatus.PENDING, TokenStatus.CANCELLED, True),
+        (TokenStatus.ACTIVE, TokenStatus.CANCELLED, True),
+        (TokenStatus.CANCELLED, TokenStatus.CANCELLED, False),
+    ],
+)
+def test_allowed_and_repeated_releases(
+    current: TokenStatus, target: TokenStatus, changes: bool
+) -> None:
+    assert domain.check_release(current, target) is changes
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (TokenStatus.PENDING, TokenStatus.COMPLETED),
+        (TokenStatus.EXPIRED, TokenStatus.COMPLETED),
+        (TokenStatus.CANCELLED, TokenStatus.COMPLETED),
+        (TokenStatus.COMPLETED, TokenStatus.CANCELLED),
+        (TokenStatus.EXPIRED, TokenStatus.CANCELLED),
+    ],
+)
+def test_wrong_transitions_are_failed_preconditions(
+    current: TokenStatus, target: TokenStatus
+) -> None:
+    with pytest.raises(FailedPrecondition, match=current.value):
+        domain.check_release(current, target)

@@ -1,0 +1,59 @@
+"""What lands on the broker: CreateTokenEvents as protobuf, keyed by schedule, over partitions."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer
+
+from tests.helpers import System, issue
+from waiting.v1 import events_pb2
+
+
+async def test_events_are_keyed_by_schedule_and_spread_over_partitions(
+    system: System, new_schedule_id: object
+) -> None:
+    schedule_ids = [new_schedule_id() for _ in range(12)]  # type: ignore[operator]
+    issued = {}
+    for schedule_id in schedule_ids:
+        for user in ("a", "b"):
+            token = await issue(system, user, schedule_id)
+            issued[token.token_id] = schedule_id
+
+    records = await _read_create_events(system, set(issued))
+
+    partitions_by_key: dict[bytes, set[int]] = {}
+    for record in records:
+        event = events_pb2.CreateTokenEvent.FromString(record.value)
+        assert record.key == str(issued[event.token_id]).encode()
+        assert event.schedule_id == issued[event.token_id]
+        assert dict(record.headers)["event-type"] == b"waiting.v1.CreateTokenEvent"
+        partitions_by_key.setdefault(record.key, set()).add(record.partition)
+    assert all(len(p) == 1 for p in partitions_by_key.values()), "a schedule split partitions"
+    assert len(set().union(*partitions_by_key.values())) > 1, "all schedules on one partition"
+
+
+async def _read_create_events(system: System, token_ids: set[str]) -> list[object]:
+    consumer = AIOKafkaConsumer(
+        system.token_api_settings.waiting_topic,
+        bootstrap_servers=system.token_api_settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[object] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(found) < len(token_ids):
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        header = dict(record.headers).get("event-type")
+                        if header != b"waiting.v1.CreateTokenEvent":
+                            continue
+                        event = events_pb2.CreateTokenEvent.FromString(record.value)
+                        if event.token_id in token_ids:
+                            found.append(record)
+    finally:
+        await consumer.stop()
+    return found
