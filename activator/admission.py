@@ -1,11 +1,21 @@
-"""Admission: one short transaction per schedule that fills its free slots, oldest first."""
+"""Settling a schedule: one short transaction that expires, drops the abandoned, and admits.
+
+Every reason to look at a schedule (a new token, a freed slot, a TTL running out, the rate
+bucket refilling) ends here, so there is one code path that changes ACTIVE counts.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from waiting_core import domain, repository
 from waiting_core.database import Database
+from waiting_core.domain import TokenStatus
+from waiting_core.events import Topics, state_changed_rows
+from waiting_core.models import ScheduleRow, TokenRow
 
 
 def utc_now() -> datetime:
@@ -13,23 +23,107 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Admitter:
-    """Fills a schedule's free slots with its oldest PENDING tokens."""
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one settle transaction changed."""
 
-    def __init__(self, database: Database) -> None:
+    schedule_id: int
+    admitted: Sequence[TokenRow] = field(default_factory=tuple)
+    expired: Sequence[TokenRow] = field(default_factory=tuple)
+    abandoned: Sequence[TokenRow] = field(default_factory=tuple)
+
+    @property
+    def changed(self) -> bool:
+        """Whether any token changed state."""
+        return bool(self.admitted or self.expired or self.abandoned)
+
+
+class Admitter:
+    """Settles schedules; reports each committed change to ``on_change`` listeners."""
+
+    def __init__(
+        self,
+        database: Database,
+        topics: Topics,
+        on_change: Callable[[Settlement], None] | None = None,
+    ) -> None:
         self._database = database
+        self._topics = topics
+        self._listeners: list[Callable[[Settlement], None]] = [on_change] if on_change else []
         self.admitted = 0
 
+    def subscribe(self, listener: Callable[[Settlement], None]) -> None:
+        """Call ``listener`` after every committed settlement that changed something."""
+        self._listeners.append(listener)
+
     async def admit(self, schedule_id: int) -> int:
-        """Lock the schedule, admit up to ``capacity - active`` tokens in one statement, commit.
+        """Settle the schedule; return how many tokens were admitted."""
+        return len((await self.settle(schedule_id)).admitted)
+
+    async def settle(self, schedule_id: int) -> Settlement:
+        """Lock the schedule; expire, drop the abandoned, admit up to the free slots; commit.
 
         Running it twice, or from two activators at once, admits nobody twice and never
         exceeds capacity (I1, I4): the schedule row's lock serialises the count and the
-        update, and only PENDING rows can become ACTIVE.
+        update, and only PENDING rows can become ACTIVE. Admission takes the oldest first (I2).
         """
+        now = utc_now()
         async with self._database.transaction() as session:
             schedule = await repository.lock_schedule(session, schedule_id)
-            free = domain.free_slots(schedule.capacity, schedule.active_count)
-            admitted = await repository.admit_oldest(session, schedule, free, utc_now())
+            expired = await repository.expire_due_active(session, schedule, now)
+            abandoned = await repository.abandon_stale_pending(session, schedule, now)
+            admitted = await repository.admit_oldest(
+                session, schedule, _admissions_now(schedule, now), now
+            )
+            _record_admissions(schedule, len(admitted), now)
+            for rows in (
+                state_changed_rows(
+                    self._topics.events, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
+                ),
+                state_changed_rows(
+                    self._topics.events, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
+                ),
+                state_changed_rows(
+                    self._topics.events, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
+                ),
+            ):
+                session.add_all(rows)
+        settlement = Settlement(schedule_id, admitted, expired, abandoned)
         self.admitted += len(admitted)
-        return len(admitted)
+        if settlement.changed:
+            for listener in self._listeners:
+                listener(settlement)
+        return settlement
+
+
+def _admissions_now(schedule: ScheduleRow, now: datetime) -> int:
+    free = domain.free_slots(schedule.capacity, schedule.active_count)
+    if free == 0 or schedule.pending_count <= 0:
+        return 0
+    elapsed = _seconds_since(schedule.rate_checked_at, now)
+    allowance = domain.rate_allowance(
+        schedule.admit_rate_per_second, schedule.rate_allowance, elapsed
+    )
+    return domain.admissions_allowed(free, allowance)
+
+
+def _record_admissions(schedule: ScheduleRow, admitted: int, now: datetime) -> None:
+    """Spend the rate bucket and feed the moving-window rate estimate."""
+    if admitted == 0:
+        return
+    if schedule.admit_rate_per_second > 0:
+        elapsed = _seconds_since(schedule.rate_checked_at, now)
+        allowance = domain.rate_allowance(
+            schedule.admit_rate_per_second, schedule.rate_allowance, elapsed
+        )
+        schedule.rate_allowance = allowance - admitted
+        schedule.rate_checked_at = now
+    schedule.admit_rate_estimate = domain.updated_rate(
+        schedule.admit_rate_estimate, _seconds_since(schedule.admit_rate_at, now), admitted
+    )
+    schedule.admit_rate_at = now
+
+
+def _seconds_since(moment: datetime | None, now: datetime) -> float:
+    """Seconds since ``moment``; forever when it never happened (a full bucket, no rate)."""
+    return (now - moment).total_seconds() if moment is not None else math.inf

@@ -23,6 +23,12 @@ class ActivatorSettings(CommonSettings):
     max_batch: int = setting(
         "MAX_BATCH_RECORDS", 2000, "most records applied per consumer batch", positive
     )
+    sweep_interval_seconds: float = setting(
+        "SWEEP_INTERVAL_SECONDS",
+        0.25,
+        "how often expiry, abandonment and refills are swept",
+        positive,
+    )
     retry_max_seconds: float = setting(
         "RETRY_MAX_SECONDS",
         5.0,

@@ -62,6 +62,16 @@ class AdmissionConsumer:
         self.ready = asyncio.Event()
         self.dead_lettered = 0
 
+    def ownership(self) -> tuple[frozenset[int], int]:
+        """The waiting topic's partitions this consumer owns, and how many the topic has."""
+        consumer = self._consumer
+        if consumer is None:
+            return frozenset(), 0
+        owned = frozenset(
+            tp.partition for tp in consumer.assignment() if tp.topic == self._topics.waiting
+        )
+        return owned, len(consumer.partitions_for_topic(self._topics.waiting) or ())
+
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this consumer owns now."""
         consumer = self._consumer

@@ -7,11 +7,14 @@ import logging
 from activator.admission import Admitter
 from activator.config import ActivatorSettings
 from activator.consumer import AdmissionConsumer
+from activator.maintenance import Sweeper
 from activator.service import QueueStatusService
+from activator.watch import WatchHub
 from waiting.v1 import queue_status_service_pb2, queue_status_service_pb2_grpc
 from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
+from waiting_core.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,23 @@ class Activator:
         self.settings = settings
         topics = Topics(waiting=settings.waiting_topic, events=settings.events_topic)
         self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
-        self.admitter = Admitter(self.database)
+        self.relay = OutboxRelay(
+            self.database,
+            settings.kafka_bootstrap,
+            topics=topics,
+            partitions=settings.topic_partitions,
+        )
+        self.hub = WatchHub(self.database)
+        self.admitter = Admitter(self.database, topics)
+        self.admitter.subscribe(lambda _: self.relay.wake())
+        self.admitter.subscribe(self.hub.on_settlement)
         self.consumer = AdmissionConsumer(settings, self.admitter, topics)
+        self.sweeper = Sweeper(
+            self.database, self.admitter, self.consumer.ownership, settings.sweep_interval_seconds
+        )
         self.server = serving.new_server()
         queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server(
-            QueueStatusService(self.database), self.server
+            QueueStatusService(self.database, self.hub), self.server
         )
         self.health = serving.add_health_and_reflection(self.server, SERVICE_NAMES)
         self.port = 0
@@ -43,7 +58,10 @@ class Activator:
             return
         self._started = True
         await self.database.start()
+        await self.relay.start()
+        await self.hub.start()
         await self.consumer.start()
+        await self.sweeper.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         await self.server.start()
         await serving.set_health(self.health, SERVICE_NAMES, serving=True)
@@ -56,7 +74,10 @@ class Activator:
         self._started = False
         await serving.set_health(self.health, SERVICE_NAMES, serving=False)
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        await self.sweeper.stop()
         await self.consumer.stop()
+        await self.hub.stop()
+        await self.relay.stop()
         await self.database.stop()
         log.info("activator stopped")
 

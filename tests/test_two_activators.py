@@ -14,6 +14,7 @@ from activator.server import Activator
 from tests.helpers import System, issue, queue_status, set_capacity, wait_assigned, wait_counts
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
+from waiting_core.events import Topics
 from waiting_core.models import TokenRow
 
 
@@ -58,7 +59,8 @@ async def test_concurrent_admissions_on_one_schedule_respect_capacity(
     await wait_counts(system, schedule_id, active=7, pending=23)
     await set_capacity(system, schedule_id, 19)
     async with Database(system.activator_settings.database_url) as database:
-        admitter = Admitter(database)
+        settings = system.activator_settings
+        admitter = Admitter(database, Topics(settings.waiting_topic, settings.events_topic))
         admitted = await asyncio.gather(*(admitter.admit(schedule_id) for _ in range(10)))
 
     assert sum(admitted) <= 12

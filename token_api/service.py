@@ -11,7 +11,13 @@ from waiting.v1 import token_service_pb2_grpc
 from waiting_core import domain, repository
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
-from waiting_core.events import Topics, create_token_event, outbox_row, slots_freed_event
+from waiting_core.events import (
+    Topics,
+    create_token_event,
+    outbox_row,
+    slots_freed_event,
+    state_changed_rows,
+)
 from waiting_core.messages import token_to_proto
 from waiting_core.models import TokenRow
 from waiting_core.outbox import OutboxRelay
@@ -92,12 +98,18 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         now = utc_now()
         async with self._database.transaction() as session:
             release = await repository.release_token(session, token_id, target, now)
+            if release.changed:
+                session.add_all(
+                    state_changed_rows(
+                        self._topics.events, [release.token], release.previous, target, now
+                    )
+                )
             if release.freed_slot:
                 schedule_id = release.token.schedule_id
                 event = slots_freed_event(schedule_id, target.value.lower(), now)
                 await repository.add_outbox_event(
                     session, outbox_row(self._topics.waiting, schedule_id, event, now)
                 )
-        if release.freed_slot:
+        if release.changed:
             self._relay.wake()
         return release.token

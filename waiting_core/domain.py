@@ -6,6 +6,7 @@ Nothing here does I/O; callers pass the clock's reading in.
 from __future__ import annotations
 
 import enum
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -145,3 +146,61 @@ def check_release(current: TokenStatus, target: TokenStatus) -> bool:
         return True
     verb = "complete" if target == TokenStatus.COMPLETED else "cancel"
     raise FailedPrecondition(f"token_id: cannot {verb} a token that is {current.value}")
+
+
+# --- admission rate: a token bucket ------------------------------------------------------
+
+
+def rate_allowance(rate_per_second: int, allowance: float, elapsed_seconds: float) -> float:
+    """Admissions the bucket allows now: refilled at ``rate`` per second, holding one second.
+
+    ``rate_per_second == 0`` means unlimited. The bucket holds at most one second's worth,
+    so a quiet spell never turns into a burst above the configured rate.
+    """
+    if rate_per_second <= 0:
+        return float("inf")
+    return min(float(rate_per_second), allowance + rate_per_second * max(0.0, elapsed_seconds))
+
+
+def admissions_allowed(free: int, allowance: float) -> int:
+    """How many to admit now: the free slots, capped by the rate bucket."""
+    return max(0, min(free, int(allowance))) if allowance != float("inf") else free
+
+
+# --- ETA: the admission rate over an exponential moving window ---------------------------
+#
+# Each admission of n tokens at time t updates a per-schedule estimate r of admissions per
+# second:  r(t) = r(t0) * exp(-(t - t0) / WINDOW) + n / WINDOW.
+# This is an exponentially weighted moving average of the admission rate with a time constant
+# of WINDOW seconds (the mean age of what it counts); between admissions it decays, so a stalled
+# line shows a growing wait. A token at position p then waits about p / r seconds. Before any
+# admission r is 0 and the wait is unknown.
+
+RATE_WINDOW_SECONDS = 30.0
+
+
+def decayed_rate(rate: float, elapsed_seconds: float) -> float:
+    """The rate estimate ``elapsed_seconds`` after it was stored."""
+    return rate * math.exp(-max(0.0, elapsed_seconds) / RATE_WINDOW_SECONDS)
+
+
+def updated_rate(rate: float, elapsed_seconds: float, admitted: int) -> float:
+    """The rate estimate after ``admitted`` more admissions now."""
+    return decayed_rate(rate, elapsed_seconds) + admitted / RATE_WINDOW_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class WaitEstimate:
+    """Expected wait in whole seconds; ``known`` is False before any admission was measured."""
+
+    seconds: int
+    known: bool
+
+
+def estimate_wait(places_ahead: int, rate_per_second: float) -> WaitEstimate:
+    """Wait for someone with ``places_ahead`` admissions to go before theirs."""
+    if places_ahead <= 0:
+        return WaitEstimate(0, True)
+    if rate_per_second <= 1e-9:
+        return WaitEstimate(0, False)
+    return WaitEstimate(math.ceil(places_ahead / rate_per_second), True)

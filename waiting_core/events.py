@@ -7,6 +7,7 @@ partition, and its ``event-type`` header is the protobuf message's full name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,8 +17,10 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from waiting.v1 import events_pb2
+from waiting_core.domain import TokenStatus
 from waiting_core.errors import BadEvent
-from waiting_core.models import OutboxRow
+from waiting_core.messages import status_to_proto
+from waiting_core.models import OutboxRow, TokenRow
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,33 @@ def create_token_event(
 def slots_freed_event(schedule_id: int, reason: str, at: datetime) -> events_pb2.SlotsFreedEvent:
     """The event saying a schedule may have room for its next PENDING tokens."""
     return events_pb2.SlotsFreedEvent(schedule_id=schedule_id, reason=reason, at=timestamp(at))
+
+
+def state_changed_rows(
+    topic: str,
+    tokens: Sequence[TokenRow],
+    from_status: TokenStatus,
+    to_status: TokenStatus,
+    at: datetime,
+) -> list[OutboxRow]:
+    """Outbox rows announcing that each token moved from ``from_status`` to ``to_status``."""
+    stamp = timestamp(at)
+    return [
+        outbox_row(
+            topic,
+            token.schedule_id,
+            events_pb2.TokenStateChangedEvent(
+                token_id=token.token_id,
+                user_id=token.user_id,
+                schedule_id=token.schedule_id,
+                from_status=status_to_proto(from_status),
+                to_status=status_to_proto(to_status),
+                at=stamp,
+            ),
+            at,
+        )
+        for token in tokens
+    ]
 
 
 def admission_schedule(headers: list[tuple[str, bytes]] | None, value: bytes | None) -> int:

@@ -9,6 +9,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -81,6 +82,12 @@ class ScheduleRow(Base):
     active_count: Mapped[int] = mapped_column(Integer, default=0)
     pending_count: Mapped[int] = mapped_column(BigInteger, default=0)
     admitted_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Token bucket of admit_rate_per_second: admissions allowed as of rate_checked_at.
+    rate_allowance: Mapped[float] = mapped_column(Float, default=0.0)
+    rate_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Moving-window admission rate (per second) as of admit_rate_at; see domain.updated_rate.
+    admit_rate_estimate: Mapped[float] = mapped_column(Float, default=0.0)
+    admit_rate_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class TokenRow(Base):
@@ -125,6 +132,14 @@ class TokenRow(Base):
             "seq",
             sqlite_where=_DEPARTED,
             postgresql_where=_DEPARTED,
+        ),
+        # Abandonment sweeps: PENDING tokens nobody asked about lately.
+        Index(
+            "ix_tokens_pending_seen",
+            "schedule_id",
+            "last_seen_at",
+            sqlite_where=_PENDING,
+            postgresql_where=_PENDING,
         ),
         # Expiry sweeps.
         Index(

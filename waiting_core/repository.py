@@ -25,6 +25,7 @@ from waiting_core.errors import TokenNotFound
 from waiting_core.models import OutboxRow, ScheduleRow, TokenRow
 
 _PENDING: ColumnElement[str] = literal_column("'PENDING'")
+_ACTIVE: ColumnElement[str] = literal_column("'ACTIVE'")
 _LIVE = text("tokens.status IN ('PENDING', 'ACTIVE')")
 _DEPARTED = text("tokens.status IN ('CANCELLED', 'EXPIRED') AND tokens.activated_at IS NULL")
 
@@ -34,6 +35,7 @@ class Release:
     """What a complete or cancel did: the token after it, and whether a slot was freed."""
 
     token: TokenRow
+    previous: TokenStatus
     changed: bool
     freed_slot: bool
 
@@ -79,6 +81,8 @@ async def _insert_default_schedule(session: AsyncSession, schedule_id: int) -> N
         "active_count": 0,
         "pending_count": 0,
         "admitted_total": 0,
+        "rate_allowance": 0.0,
+        "admit_rate_estimate": 0.0,
     }
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
@@ -221,9 +225,10 @@ async def release_token(
     token = await get_token(session, token_id)
     schedule = await lock_schedule(session, token.schedule_id)
     token = await _lock_token(session, token_id)
-    if not domain.check_release(token.status, target):
-        return Release(token=token, changed=False, freed_slot=False)
-    was_active = token.status == TokenStatus.ACTIVE
+    previous = token.status
+    if not domain.check_release(previous, target):
+        return Release(token=token, previous=previous, changed=False, freed_slot=False)
+    was_active = previous == TokenStatus.ACTIVE
     token.status = target
     token.ended_at = now
     if was_active:
@@ -231,7 +236,7 @@ async def release_token(
     else:
         schedule.pending_count -= 1
     await session.flush()
-    return Release(token=token, changed=True, freed_slot=was_active)
+    return Release(token=token, previous=previous, changed=True, freed_slot=was_active)
 
 
 async def _lock_token(session: AsyncSession, token_id: str) -> TokenRow:
@@ -275,3 +280,112 @@ async def delete_outbox_events(session: AsyncSession, ids: Sequence[int]) -> Non
 async def outbox_backlog(session: AsyncSession) -> int:
     """How many events wait to be published."""
     return (await session.execute(select(func.count()).select_from(OutboxRow))).scalar_one()
+
+
+# --- sweeps ------------------------------------------------------------------------------
+
+
+async def expire_due_active(
+    session: AsyncSession, schedule: ScheduleRow, now: datetime
+) -> Sequence[TokenRow]:
+    """ACTIVE tokens of the locked schedule whose TTL ran out become EXPIRED."""
+    stmt = (
+        update(TokenRow)
+        .where(
+            TokenRow.schedule_id == schedule.schedule_id,
+            TokenRow.status == _ACTIVE,
+            TokenRow.expires_at <= now,
+        )
+        .values(status=TokenStatus.EXPIRED, ended_at=now)
+        .returning(TokenRow)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    expired = (await session.execute(stmt)).scalars().all()
+    schedule.active_count -= len(expired)
+    return expired
+
+
+async def abandon_stale_pending(
+    session: AsyncSession, schedule: ScheduleRow, now: datetime
+) -> Sequence[TokenRow]:
+    """PENDING tokens nobody asked about for the schedule's pending TTL become EXPIRED."""
+    if schedule.pending_ttl_seconds <= 0:
+        return []
+    stale_before = now - timedelta(seconds=schedule.pending_ttl_seconds)
+    stmt = (
+        update(TokenRow)
+        .where(
+            TokenRow.schedule_id == schedule.schedule_id,
+            TokenRow.status == _PENDING,
+            TokenRow.last_seen_at < stale_before,
+        )
+        .values(status=TokenStatus.EXPIRED, ended_at=now)
+        .returning(TokenRow)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    abandoned = (await session.execute(stmt)).scalars().all()
+    schedule.pending_count -= len(abandoned)
+    return abandoned
+
+
+async def schedules_with_due_expiry(session: AsyncSession, now: datetime) -> Sequence[int]:
+    """Schedules holding ACTIVE tokens whose TTL ran out."""
+    stmt = (
+        select(TokenRow.schedule_id)
+        .where(TokenRow.status == _ACTIVE, TokenRow.expires_at <= now)
+        .distinct()
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def schedules_to_settle(session: AsyncSession) -> Sequence[int]:
+    """Schedules with free slots and people waiting, or with a pending TTL to enforce.
+
+    This is the safety net that keeps a line moving without new events: a rate-limited
+    schedule, a slot freed while no event reached an activator, an abandonment sweep.
+    """
+    stmt = select(ScheduleRow.schedule_id).where(
+        ((ScheduleRow.pending_count > 0) & (ScheduleRow.active_count < ScheduleRow.capacity))
+        | (ScheduleRow.pending_ttl_seconds > 0)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def touch_tokens(session: AsyncSession, token_ids: Sequence[str], now: datetime) -> None:
+    """Mark PENDING tokens as asked about (live watchers keep their place)."""
+    if token_ids:
+        await session.execute(
+            update(TokenRow)
+            .where(TokenRow.token_id.in_(token_ids), TokenRow.status == _PENDING)
+            .values(last_seen_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def find_tokens(session: AsyncSession, token_ids: Sequence[str]) -> Sequence[TokenRow]:
+    """The tokens with these ids (missing ones are left out)."""
+    if not token_ids:
+        return []
+    stmt = (
+        select(TokenRow)
+        .where(TokenRow.token_id.in_(token_ids))
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def departed_seqs(
+    session: AsyncSession, schedule_id: int, after_seq: int, before_seq: int
+) -> Sequence[int]:
+    """Sequence numbers of tokens that left the line unadmitted, in (after, before)."""
+    stmt = (
+        select(TokenRow.seq)
+        .where(
+            TokenRow.schedule_id == schedule_id,
+            TokenRow.seq > after_seq,
+            TokenRow.seq < before_seq,
+            _DEPARTED,
+        )
+        .order_by(TokenRow.seq)
+    )
+    return (await session.execute(stmt)).scalars().all()

@@ -1,0 +1,101 @@
+"""Read models of the line: a token with its position and expected wait, and schedule counts."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from waiting.v1 import token_pb2
+from waiting_core import domain, repository
+from waiting_core.domain import TokenStatus, WaitEstimate
+from waiting_core.messages import token_to_proto
+from waiting_core.models import ScheduleRow, TokenRow
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """A token as a client sees it: the message and its expected wait."""
+
+    token: token_pb2.Token
+    wait: WaitEstimate
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """A schedule's line as a client sees it."""
+
+    capacity: int
+    active_count: int
+    pending_count: int
+    newcomer_wait: WaitEstimate
+
+
+def current_rate(schedule: ScheduleRow | None, now: datetime) -> float:
+    """The schedule's admissions per second over the moving window, as of now."""
+    if schedule is None or schedule.admit_rate_at is None:
+        return 0.0
+    elapsed = (now - schedule.admit_rate_at).total_seconds()
+    return domain.decayed_rate(schedule.admit_rate_estimate, elapsed)
+
+
+def token_view(
+    token: TokenRow, position: int, schedule: ScheduleRow | None, now: datetime
+) -> TokenView:
+    """The view of a token whose position is known."""
+    wait = (
+        domain.estimate_wait(position, current_rate(schedule, now))
+        if token.status == TokenStatus.PENDING
+        else WaitEstimate(0, True)
+    )
+    return TokenView(token_to_proto(token, position), wait)
+
+
+async def read_token_view(session: AsyncSession, token: TokenRow, now: datetime) -> TokenView:
+    """Position and wait of one token (one index-range count for a PENDING one)."""
+    schedule = await repository.get_schedule(session, token.schedule_id)
+    head = schedule.head_seq if schedule else 0
+    position = await repository.position_of(session, token, head)
+    return token_view(token, position, schedule, now)
+
+
+async def read_queue_view(session: AsyncSession, schedule_id: int, now: datetime) -> QueueView:
+    """Counts of a schedule (from its counters, not by counting rows) and a newcomer's wait."""
+    row = await repository.get_schedule(session, schedule_id)
+    settings = repository.settings_of(row, schedule_id)
+    active = row.active_count if row else 0
+    pending = row.pending_count if row else 0
+    free = domain.free_slots(settings.capacity, active)
+    ahead = max(0, pending + 1 - free)
+    return QueueView(
+        capacity=settings.capacity,
+        active_count=active,
+        pending_count=pending,
+        newcomer_wait=domain.estimate_wait(ahead, current_rate(row, now)),
+    )
+
+
+async def read_token_views(
+    session: AsyncSession, tokens: Sequence[TokenRow], now: datetime
+) -> dict[str, TokenView]:
+    """Views of many tokens with one departed-range query per schedule, not one per token."""
+    views: dict[str, TokenView] = {}
+    by_schedule: dict[int, list[TokenRow]] = {}
+    for token in tokens:
+        by_schedule.setdefault(token.schedule_id, []).append(token)
+    for schedule_id, members in by_schedule.items():
+        schedule = await repository.get_schedule(session, schedule_id)
+        head = schedule.head_seq if schedule else 0
+        pending = [t for t in members if t.status == TokenStatus.PENDING]
+        last = max((t.seq for t in pending), default=head)
+        departed = await repository.departed_seqs(session, schedule_id, head, last)
+        for token in members:
+            position = 0
+            if token.status == TokenStatus.PENDING:
+                ahead_departed = bisect.bisect_left(departed, token.seq)
+                position = domain.pending_position(token.seq, head, ahead_departed)
+            views[token.token_id] = token_view(token, position, schedule, now)
+    return views

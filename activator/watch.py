@@ -1,0 +1,154 @@
+"""WatchToken fan-out: every open stream is served by one loop, not one database poll each.
+
+- Status: every ``status_interval`` the hub reads the status of all watched tokens in one
+  query (in chunks), so an admission made by any activator reaches the stream within about
+  that interval. Admissions made by this activator are pushed at once, from the commit.
+- Position and wait: every ``position_interval`` (1 s) the hub recomputes them for all watched
+  PENDING tokens with one range query per schedule, and marks those tokens as seen, so a
+  watcher is never dropped as abandoned.
+
+A watcher holds only the latest view; a slow client skips stale ones instead of queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from activator.admission import Settlement
+from activator.status import TokenView, read_token_views, token_view
+from waiting_core import repository
+from waiting_core.database import Database
+from waiting_core.domain import TokenStatus
+from waiting_core.errors import TokenNotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500
+_LIVE = (TokenStatus.PENDING, TokenStatus.ACTIVE)
+
+
+class _Watcher:
+    def __init__(self, view: TokenView, status: TokenStatus) -> None:
+        self.latest = view
+        self.status = status
+        self.changed = asyncio.Event()
+        self.changed.set()
+
+    def offer(self, view: TokenView, status: TokenStatus) -> None:
+        self.latest, self.status = view, status
+        self.changed.set()
+
+
+class WatchHub:
+    """Serves WatchToken streams. ``start``/``stop`` are idempotent."""
+
+    def __init__(
+        self, database: Database, status_interval: float = 0.05, position_interval: float = 1.0
+    ) -> None:
+        self._database = database
+        self._status_interval = status_interval
+        self._position_interval = position_interval
+        self._watchers: dict[str, set[_Watcher]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.polls = 0
+
+    async def start(self) -> None:
+        """Start the polling loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="watch-hub")
+
+    async def stop(self) -> None:
+        """Stop polling; open streams end when the server stops."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @property
+    def watched(self) -> int:
+        """How many streams are open."""
+        return sum(len(w) for w in self._watchers.values())
+
+    async def watch(self, token_id: str) -> AsyncIterator[TokenView]:
+        """The token's view now, then its changes, until it leaves PENDING or ACTIVE."""
+        now = datetime.now(UTC)
+        async with self._database.transaction() as session:
+            token = await repository.get_token(session, token_id)
+            await repository.touch_token(session, token, now)
+            view = (await read_token_views(session, [token], now))[token_id]
+        watcher = _Watcher(view, token.status)
+        self._watchers.setdefault(token_id, set()).add(watcher)
+        try:
+            while True:
+                await watcher.changed.wait()
+                watcher.changed.clear()
+                yield watcher.latest
+                if watcher.status not in _LIVE:
+                    return
+        finally:
+            self._forget(token_id, watcher)
+
+    def on_settlement(self, settlement: Settlement) -> None:
+        """Push status changes committed by this activator at once."""
+        if not self._watchers:
+            return
+        now = datetime.now(UTC)
+        for tokens in (settlement.admitted, settlement.expired, settlement.abandoned):
+            for token in tokens:
+                for watcher in self._watchers.get(token.token_id, ()):
+                    watcher.offer(token_view(token, 0, None, now), token.status)
+
+    def _forget(self, token_id: str, watcher: _Watcher) -> None:
+        watchers = self._watchers.get(token_id)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self._watchers[token_id]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_positions = loop.time()
+        while True:
+            await asyncio.sleep(self._status_interval)
+            if not self._watchers:
+                continue
+            with_positions = loop.time() >= next_positions
+            if with_positions:
+                next_positions = loop.time() + self._position_interval
+            try:
+                await self._refresh(with_positions)
+            except (Unavailable, TokenNotFound) as exc:
+                log.warning("watch refresh skipped: %s", exc)
+
+    async def _refresh(self, with_positions: bool) -> None:
+        ids = list(self._watchers)
+        now = datetime.now(UTC)
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            async with self._database.transaction(read_only=not with_positions) as session:
+                tokens = await repository.find_tokens(session, chunk)
+                self.polls += 1
+                if with_positions:
+                    pending = [t.token_id for t in tokens if t.status == TokenStatus.PENDING]
+                    await repository.touch_tokens(session, pending, now)
+                    views = await read_token_views(session, tokens, now)
+                else:
+                    changed = [t for t in tokens if self._status_changed(t.token_id, t.status)]
+                    views = await read_token_views(session, changed, now)
+            for token in tokens:
+                view = views.get(token.token_id)
+                if view is not None:
+                    self._offer(token.token_id, view, token.status)
+
+    def _status_changed(self, token_id: str, status: TokenStatus) -> bool:
+        return any(w.status != status for w in self._watchers.get(token_id, ()))
+
+    def _offer(self, token_id: str, view: TokenView, status: TokenStatus) -> None:
+        for watcher in self._watchers.get(token_id, ()):
+            if watcher.status != status or watcher.latest.token != view.token:
+                watcher.offer(view, status)
