@@ -87,3 +87,25 @@ def test_wrong_transitions_are_failed_preconditions(
 ) -> None:
     with pytest.raises(FailedPrecondition, match=current.value):
         domain.check_release(current, target)
+
+
+def test_wait_is_unknown_before_any_admission() -> None:
+    assert domain.estimate_wait(places_ahead=5, rate_per_second=0.0) == domain.WaitEstimate(
+        0, False
+    )
+    assert domain.estimate_wait(places_ahead=0, rate_per_second=0.0).known
+
+
+def test_wait_follows_the_moving_window_rate() -> None:
+    rate = domain.updated_rate(0.0, elapsed_seconds=0.0, admitted=60)  # 60 in a 30 s window
+
+    assert rate == pytest.approx(2.0)
+    assert domain.estimate_wait(10, rate) == domain.WaitEstimate(5, True)
+    assert domain.decayed_rate(rate, domain.RATE_WINDOW_SECONDS) == pytest.approx(2.0 / 2.718, 0.01)
+
+
+def test_rate_bucket_holds_one_second_and_unlimited_means_free_slots() -> None:
+    assert domain.rate_allowance(5, allowance=0.0, elapsed_seconds=100.0) == 5.0
+    assert domain.rate_allowance(5, allowance=1.0, elapsed_seconds=0.2) == pytest.approx(2.0)
+    assert domain.admissions_allowed(free=10, allowance=2.7) == 2
+    assert domain.admissions_allowed(free=10, allowance=domain.rate_allowance(0, 0.0, 0.0)) == 10

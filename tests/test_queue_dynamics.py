@@ -1,0 +1,249 @@
+"""Keeping the line moving: expiry, abandonment, rate limits, ETA, watch streams, events out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from aiokafka import AIOKafkaConsumer
+
+from tests.helpers import (
+    RPC_TIMEOUT,
+    System,
+    eventually,
+    issue,
+    queue_status,
+    token_status,
+    wait_counts,
+)
+from waiting.v1 import (
+    events_pb2,
+    queue_status_service_pb2,
+    schedule_service_pb2,
+    token_pb2,
+    token_service_pb2,
+)
+
+ACTIVE = token_pb2.TOKEN_STATUS_ACTIVE
+EXPIRED = token_pb2.TOKEN_STATUS_EXPIRED
+PENDING = token_pb2.TOKEN_STATUS_PENDING
+
+
+async def configure(system: System, schedule_id: int, **fields: int) -> None:
+    await system.schedules.UpsertSchedule(
+        schedule_service_pb2.UpsertScheduleRequest(
+            schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, **fields)
+        ),
+        timeout=RPC_TIMEOUT,
+    )
+
+
+async def test_expiry_frees_the_slot_for_the_next_token(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=1, active_ttl_seconds=1)
+    first = await issue(system, "first", schedule_id)
+    second = await issue(system, "second", schedule_id)
+    await wait_counts(system, schedule_id, active=1, pending=1)
+
+    async def second_admitted() -> bool:
+        return (await token_status(system, second.token_id)).status == ACTIVE
+
+    await eventually(second_admitted, timeout=10)
+    assert (await token_status(system, first.token_id)).status == EXPIRED
+
+
+async def test_expired_token_no_longer_validates(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=5, active_ttl_seconds=1)
+    token = await issue(system, "u", schedule_id)
+
+    async def expired() -> bool:
+        return (await token_status(system, token.token_id)).status == EXPIRED
+
+    await eventually(expired, timeout=10)
+    reply = await system.tokens.ValidateToken(
+        token_service_pb2.ValidateTokenRequest(token_id=token.token_id, schedule_id=schedule_id),
+        timeout=RPC_TIMEOUT,
+    )
+    assert reply.active is False
+
+
+async def test_abandoned_pending_tokens_leave_the_line(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=1, pending_ttl_seconds=1)
+    await issue(system, "holder", schedule_id)
+    abandoned = await issue(system, "gone", schedule_id)
+    kept = await issue(system, "keeps-asking", schedule_id)
+
+    async def only_the_asker_waits() -> bool:
+        status = await token_status(system, kept.token_id)  # asking keeps it alive
+        return (await queue_status(system, schedule_id)).pending_count == 1 and (
+            status.status == PENDING
+        )
+
+    await eventually(only_the_asker_waits, timeout=10, interval=0.3)
+    gone = await token_status(system, abandoned.token_id)
+    assert gone.status == EXPIRED
+    assert (await token_status(system, kept.token_id)).position == 1
+
+
+async def test_admit_rate_limits_new_admissions(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=100, admit_rate_per_second=2)
+    tokens = [await issue(system, f"u{i}", schedule_id) for i in range(6)]
+
+    first_look = await queue_status(system, schedule_id)
+    await wait_counts(system, schedule_id, active=6, pending=0)
+
+    assert first_look.active_count <= 3  # a full bucket holds one second's worth
+    statuses = [await token_status(system, t.token_id) for t in tokens]
+    activated = [s.activated_at.ToNanoseconds() for s in statuses]
+    assert activated == sorted(activated)  # FIFO even when throttled
+    assert (activated[-1] - activated[0]) / 1e9 >= 1.0
+
+
+async def test_eta_is_known_after_admissions(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=2, active_ttl_seconds=600)
+    tokens = [await issue(system, f"u{i}", schedule_id) for i in range(5)]
+    await wait_counts(system, schedule_id, active=2, pending=3)
+
+    reply = await system.queue.GetTokenStatus(
+        queue_status_service_pb2.GetTokenStatusRequest(token_id=tokens[-1].token_id),
+        timeout=RPC_TIMEOUT,
+    )
+    queue = await queue_status(system, schedule_id)
+
+    assert reply.token.position == 3
+    assert reply.estimate_known is True
+    assert reply.estimated_wait_seconds > 0
+    assert queue.estimate_known is True
+    assert queue.estimated_wait_seconds >= reply.estimated_wait_seconds
+
+
+async def test_a_newcomer_to_a_free_schedule_waits_nothing(
+    system: System, schedule_id: int
+) -> None:
+    queue = await queue_status(system, schedule_id)
+
+    assert (queue.estimate_known, queue.estimated_wait_seconds) == (True, 0)
+
+
+async def test_watch_streams_the_admission(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=1)
+    holder = await issue(system, "holder", schedule_id)
+    waiter = await issue(system, "waiter", schedule_id)
+    await wait_counts(system, schedule_id, active=1, pending=1)
+    stream = system.queue.WatchToken(
+        queue_status_service_pb2.WatchTokenRequest(token_id=waiter.token_id), timeout=30
+    )
+    first = await stream.read()
+    assert first.token.status == PENDING
+    assert first.token.position == 1
+
+    await system.tokens.CompleteToken(
+        token_service_pb2.CompleteTokenRequest(token_id=holder.token_id), timeout=RPC_TIMEOUT
+    )
+
+    statuses = [first.token.status]
+    while statuses[-1] != ACTIVE:
+        update = await stream.read()
+        assert update is not grpc.aio.EOF, f"stream ended after {statuses}"
+        statuses.append(update.token.status)
+    stream.cancel()
+
+
+async def test_watch_ends_when_the_token_leaves_the_line(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=1)
+    await issue(system, "holder", schedule_id)
+    waiter = await issue(system, "waiter", schedule_id)
+    stream = system.queue.WatchToken(
+        queue_status_service_pb2.WatchTokenRequest(token_id=waiter.token_id), timeout=30
+    )
+    await stream.read()
+
+    await system.tokens.CancelToken(
+        token_service_pb2.CancelTokenRequest(token_id=waiter.token_id), timeout=RPC_TIMEOUT
+    )
+
+    updates = await _read_to_end(stream)
+    assert updates == [token_pb2.TOKEN_STATUS_CANCELLED]
+    assert await stream.code() == grpc.StatusCode.OK
+
+
+async def test_many_watchers_share_one_poll(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=1)
+    await issue(system, "holder", schedule_id)
+    waiters = [await issue(system, f"w{i}", schedule_id) for i in range(200)]
+    streams = [
+        system.queue.WatchToken(
+            queue_status_service_pb2.WatchTokenRequest(token_id=w.token_id), timeout=30
+        )
+        for w in waiters
+    ]
+    await asyncio.gather(*(s.read() for s in streams))
+    hub = system.activator.hub
+    await eventually(lambda: _at_least(hub, 200), timeout=10)
+    polls_before = hub.polls
+
+    await asyncio.sleep(1.0)
+
+    assert hub.polls - polls_before <= 25  # ~20 polls a second for all 200 streams
+    for stream in streams:
+        stream.cancel()
+
+
+async def _read_to_end(stream: grpc.aio.UnaryStreamCall[object, object]) -> list[int]:
+    statuses = []
+    while (update := await stream.read()) is not grpc.aio.EOF:
+        statuses.append(update.token.status)  # type: ignore[attr-defined]
+    return statuses
+
+
+async def _at_least(hub: object, streams: int) -> bool:
+    return getattr(hub, "watched", 0) >= streams
+
+
+async def test_state_changes_are_published_to_token_events(
+    system: System, schedule_id: int
+) -> None:
+    await configure(system, schedule_id, capacity=1)
+    first = await issue(system, "a", schedule_id)
+    second = await issue(system, "b", schedule_id)
+    await wait_counts(system, schedule_id, active=1, pending=1)
+    await system.tokens.CompleteToken(
+        token_service_pb2.CompleteTokenRequest(token_id=first.token_id), timeout=RPC_TIMEOUT
+    )
+    await wait_counts(system, schedule_id, active=1, pending=0)
+    await system.tokens.CancelToken(
+        token_service_pb2.CancelTokenRequest(token_id=second.token_id), timeout=RPC_TIMEOUT
+    )
+
+    expected = {
+        (first.token_id, ACTIVE),
+        (first.token_id, token_pb2.TOKEN_STATUS_COMPLETED),
+        (second.token_id, ACTIVE),
+        (second.token_id, token_pb2.TOKEN_STATUS_CANCELLED),
+    }
+    seen = await _read_state_changes(system, schedule_id, len(expected))
+    assert expected <= seen
+
+
+async def _read_state_changes(
+    system: System, schedule_id: int, wanted: int
+) -> set[tuple[str, int]]:
+    consumer = AIOKafkaConsumer(
+        system.activator_settings.events_topic,
+        bootstrap_servers=system.activator_settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen: set[tuple[str, int]] = set()
+    try:
+        async with asyncio.timeout(20):
+            while len(seen) < wanted:
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    for record in records:
+                        if record.key != str(schedule_id).encode():
+                            continue
+                        event = events_pb2.TokenStateChangedEvent.FromString(record.value)
+                        seen.add((event.token_id, event.to_status))
+    finally:
+        await consumer.stop()
+    return seen
