@@ -5,11 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/waiting/v1/*.proto)
 
-.PHONY: help setup proto run migrate test test-sqlite test-postgres lint format broker postgres stop clean
+.PHONY: help setup proto run demo migrate test test-sqlite test-postgres lint format broker postgres stop clean
 
 help:
 	@echo "make run      set up (venv, stubs, broker jars) and run broker + token_api + activator"
 	@echo "make test     run the tests against a real Kafka broker, on SQLite and PostgreSQL"
+	@echo "make demo     a crowd of simulated users through the real API (DEMO_ARGS=--help)"
 	@echo "make lint     ruff format --check, ruff check, mypy --strict"
 	@echo "make proto    regenerate the Python stubs from protos/"
 	@echo "make stop     stop the background broker and PostgreSQL started by the scripts"
@@ -39,6 +40,9 @@ migrate: setup
 
 run: setup
 	scripts/run.sh
+
+demo: setup
+	$(BIN)/python -m tools.demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/pytest

@@ -67,9 +67,9 @@ class Admitter:
         exceeds capacity (I1, I4): the schedule row's lock serialises the count and the
         update, and only PENDING rows can become ACTIVE. Admission takes the oldest first (I2).
         """
-        now = utc_now()
         async with self._database.transaction() as session:
             schedule = await repository.lock_schedule(session, schedule_id)
+            now = utc_now()  # under the lock, so activation times follow admission order
             expired = await repository.expire_due_active(session, schedule, now)
             abandoned = await repository.abandon_stale_pending(session, schedule, now)
             admitted = await repository.admit_oldest(
@@ -122,6 +122,8 @@ def _record_admissions(schedule: ScheduleRow, admitted: int, now: datetime) -> N
         schedule.admit_rate_estimate, _seconds_since(schedule.admit_rate_at, now), admitted
     )
     schedule.admit_rate_at = now
+    if schedule.admit_rate_since is None:
+        schedule.admit_rate_since = now
 
 
 def _seconds_since(moment: datetime | None, now: datetime) -> float:

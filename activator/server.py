@@ -29,14 +29,16 @@ class Activator:
     def __init__(self, settings: ActivatorSettings) -> None:
         self.settings = settings
         topics = Topics(waiting=settings.waiting_topic, events=settings.events_topic)
+        # Two pools: a flood of status reads and watch streams must never starve admission.
         self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
+        self.read_database = Database(settings.database_url, pool_size=settings.database_pool_size)
         self.relay = OutboxRelay(
             self.database,
             settings.kafka_bootstrap,
             topics=topics,
             partitions=settings.topic_partitions,
         )
-        self.hub = WatchHub(self.database)
+        self.hub = WatchHub(self.read_database)
         self.admitter = Admitter(self.database, topics)
         self.admitter.subscribe(lambda _: self.relay.wake())
         self.admitter.subscribe(self.hub.on_settlement)
@@ -46,7 +48,7 @@ class Activator:
         )
         self.server = serving.new_server()
         queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server(
-            QueueStatusService(self.database, self.hub), self.server
+            QueueStatusService(self.read_database, self.hub), self.server
         )
         self.health = serving.add_health_and_reflection(self.server, SERVICE_NAMES)
         self.port = 0
@@ -58,6 +60,7 @@ class Activator:
             return
         self._started = True
         await self.database.start()
+        await self.read_database.start()
         await self.relay.start()
         await self.hub.start()
         await self.consumer.start()
@@ -78,6 +81,7 @@ class Activator:
         await self.consumer.stop()
         await self.hub.stop()
         await self.relay.stop()
+        await self.read_database.stop()
         await self.database.stop()
         log.info("activator stopped")
 

@@ -39,7 +39,11 @@ def current_rate(schedule: ScheduleRow | None, now: datetime) -> float:
     if schedule is None or schedule.admit_rate_at is None:
         return 0.0
     elapsed = (now - schedule.admit_rate_at).total_seconds()
-    return domain.decayed_rate(schedule.admit_rate_estimate, elapsed)
+    since = schedule.admit_rate_since or schedule.admit_rate_at
+    return domain.corrected_rate(
+        domain.decayed_rate(schedule.admit_rate_estimate, elapsed),
+        (now - since).total_seconds(),
+    )
 
 
 def token_view(

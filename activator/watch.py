@@ -77,9 +77,8 @@ class WatchHub:
     async def watch(self, token_id: str) -> AsyncIterator[TokenView]:
         """The token's view now, then its changes, until it leaves PENDING or ACTIVE."""
         now = datetime.now(UTC)
-        async with self._database.transaction() as session:
+        async with self._database.transaction(read_only=True) as session:
             token = await repository.get_token(session, token_id)
-            await repository.touch_token(session, token, now)
             view = (await read_token_views(session, [token], now))[token_id]
         watcher = _Watcher(view, token.status)
         self._watchers.setdefault(token_id, set()).add(watcher)

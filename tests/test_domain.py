@@ -109,3 +109,13 @@ def test_rate_bucket_holds_one_second_and_unlimited_means_free_slots() -> None:
     assert domain.rate_allowance(5, allowance=1.0, elapsed_seconds=0.2) == pytest.approx(2.0)
     assert domain.admissions_allowed(free=10, allowance=2.7) == 2
     assert domain.admissions_allowed(free=10, allowance=domain.rate_allowance(0, 0.0, 0.0)) == 10
+
+
+def test_rate_correction_removes_the_start_up_bias() -> None:
+    # A steady 4/s for 10 s, fed one second at a time.
+    rate = 0.0
+    for _ in range(10):
+        rate = domain.updated_rate(rate, elapsed_seconds=1.0, admitted=4)
+
+    assert rate < 2.0  # the raw average still counts the empty part of the window
+    assert domain.corrected_rate(rate, age_seconds=10.0) == pytest.approx(4.0, rel=0.1)

@@ -43,9 +43,9 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     ) -> pb.IssueTokenResponse:
         user_id = domain.validate_user_id(request.user_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
-        now = utc_now()
         async with self._database.transaction() as session:
             schedule = await repository.lock_schedule(session, schedule_id)
+            now = utc_now()  # under the lock, so issue times follow the line's order
             token = await repository.find_live_token(session, schedule_id, user_id)
             if token is None:
                 token = await repository.add_pending_token(session, schedule, user_id, now)

@@ -8,6 +8,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from waiting_core.errors import StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 _READ_ONLY = "waiting_read_only"
 
@@ -93,6 +96,7 @@ class Database:
                 yield session
         except (TimeoutError, DBAPIError, PoolTimeout, OSError) as exc:
             if _is_unreachable(exc):
+                log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
                 raise StorageUnavailable() from exc
             raise
 

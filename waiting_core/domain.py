@@ -189,6 +189,21 @@ def updated_rate(rate: float, elapsed_seconds: float, admitted: int) -> float:
     return decayed_rate(rate, elapsed_seconds) + admitted / RATE_WINDOW_SECONDS
 
 
+MIN_RATE_AGE_SECONDS = 5.0
+
+
+def corrected_rate(rate: float, age_seconds: float) -> float:
+    """The estimate corrected for a window that has not filled yet.
+
+    For a steady rate L that began ``age`` seconds ago the average above reads
+    L * (1 - exp(-age / WINDOW)); dividing by that factor removes the start-up bias. The age is
+    taken as at least MIN_RATE_AGE_SECONDS so that the first burst into an empty schedule
+    does not read as an absurd rate.
+    """
+    age = max(MIN_RATE_AGE_SECONDS, age_seconds)
+    return rate / (1.0 - math.exp(-age / RATE_WINDOW_SECONDS))
+
+
 @dataclass(frozen=True, slots=True)
 class WaitEstimate:
     """Expected wait in whole seconds; ``known`` is False before any admission was measured."""

@@ -88,6 +88,8 @@ class ScheduleRow(Base):
     # Moving-window admission rate (per second) as of admit_rate_at; see domain.updated_rate.
     admit_rate_estimate: Mapped[float] = mapped_column(Float, default=0.0)
     admit_rate_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The first admission: the estimate is corrected for a window not yet full.
+    admit_rate_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class TokenRow(Base):

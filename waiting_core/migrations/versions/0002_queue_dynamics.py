@@ -30,6 +30,7 @@ def upgrade() -> None:
             sa.Column("admit_rate_estimate", sa.Float(), nullable=False, server_default="0")
         )
         batch.add_column(sa.Column("admit_rate_at", UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("admit_rate_since", UTCDateTime(), nullable=True))
     op.create_index(
         "ix_tokens_pending_seen",
         "tokens",
@@ -42,6 +43,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_tokens_pending_seen", table_name="tokens")
     with op.batch_alter_table("schedules") as batch:
+        batch.drop_column("admit_rate_since")
         batch.drop_column("admit_rate_at")
         batch.drop_column("admit_rate_estimate")
         batch.drop_column("rate_checked_at")

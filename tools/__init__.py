@@ -1,0 +1,1 @@
+"""Developer and operator tooling: process launcher, demo, benchmarks (not service code)."""

@@ -1,0 +1,161 @@
+"""Start the real system as separate processes: the broker, migrations, token_api, activators.
+
+Used by ``make demo``, ``make bench`` and the fault tests, which need real processes (to
+kill -9 one, or to measure its memory). Each process gets its own environment; nothing is
+shared but the broker and the database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_serving(address: str, timeout: float = 60.0) -> None:
+    """Block until grpc.health.v1 at ``address`` answers SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} is not SERVING after {timeout}s")
+            time.sleep(0.1)
+
+
+def start_broker(port: int, data_dir: Path) -> bool:
+    """Start a broker on ``port`` unless one answers there; True when this call started it."""
+    if is_listening(port):
+        return False
+    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data_dir)}
+    subprocess.run([str(ROOT / "scripts/kafka.sh"), "start"], env=env, check=True)  # noqa: S603
+    return True
+
+
+def stop_broker(port: int, data_dir: Path) -> None:
+    """Stop a broker started by :func:`start_broker`."""
+    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data_dir)}
+    subprocess.run([str(ROOT / "scripts/kafka.sh"), "stop"], env=env, check=False)  # noqa: S603
+
+
+def migrate(database_url: str) -> None:
+    """Bring the database to the newest schema."""
+    subprocess.run(
+        [sys.executable, "-m", "waiting_core.migrate"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+    )
+
+
+@dataclass
+class Service:
+    """One service process."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        """host:port of its gRPC server."""
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no commit, no goodbye."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM and wait for a graceful exit (kill after ``timeout``)."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class Cluster:
+    """The service processes of one run, sharing a broker, a database and topic names."""
+
+    database_url: str
+    kafka_bootstrap: str
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: list[Service] = field(default_factory=list)
+
+    def _env(self, **overrides: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "SHUTDOWN_GRACE_SECONDS": "2",
+            **self.extra_env,
+            **overrides,
+        }
+
+    def start(self, module: str, port: int | None = None, wait: bool = True) -> Service:
+        """Start ``python -m module`` (token_api or activator) on a free port."""
+        port = port or free_port()
+        variable = "TOKEN_API_PORT" if module == "token_api" else "ACTIVATOR_PORT"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{module}-{port}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", module],
+                env=self._env(**{variable: str(port)}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        service = Service(module, port, process, log_path)
+        self.services.append(service)
+        if wait:
+            try:
+                wait_serving(service.address)
+            except TimeoutError as exc:
+                raise RuntimeError(
+                    f"{module} did not start; its log:\n{log_path.read_text()}"
+                ) from exc
+        return service
+
+    def stop_all(self) -> None:
+        """Stop every service gracefully."""
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
