@@ -26,6 +26,8 @@ if ! scripts/kafka.sh status; then
 fi
 "$py" -m waiting_core.migrate
 
+# A development credential for the admin API; set your own ADMIN_TOKEN in production.
+export ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
 "$py" -m token_api &
 pids+=($!)
 "$py" -m activator &
@@ -41,7 +43,7 @@ Try it (grpcurl: go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3):
   grpcurl -plaintext -d '{"user_id":"u1","schedule_id":1}' localhost:50051 waiting.v1.TokenService/IssueToken
   grpcurl -plaintext -d '{"token_id":"<token_id from above>"}' localhost:50052 waiting.v1.QueueStatusService/GetTokenStatus
   grpcurl -plaintext -d '{"schedule_id":1}' localhost:50052 waiting.v1.QueueStatusService/GetQueueStatus
-  grpcurl -plaintext -d '{"schedule":{"schedule_id":1,"capacity":10}}' localhost:50051 waiting.v1.ScheduleService/UpsertSchedule
+  grpcurl -plaintext -H "authorization: Bearer ${ADMIN_TOKEN}" -d '{"schedule":{"schedule_id":1,"capacity":10}}' localhost:50051 waiting.v1.ScheduleService/UpsertSchedule
   grpcurl -plaintext localhost:50051 list
 
 Press Ctrl-C to stop.

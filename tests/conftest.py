@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from activator.server import Activator
-from tests.helpers import System, settings_for, wait_assigned
+from tests.helpers import ADMIN_TOKEN, BearerAuth, System, settings_for, wait_assigned
 from token_api.server import TokenApi
 from waiting.v1 import (
     queue_status_service_pb2_grpc,
@@ -125,7 +125,9 @@ async def system(database_url: str, kafka_bootstrap: str) -> AsyncIterator[Syste
     async with TokenApi(token_settings) as token_api, Activator(activator_settings) as activator:
         await wait_assigned(activator)
         async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{token_api.port}") as token_channel,
+            grpc.aio.insecure_channel(
+                f"127.0.0.1:{token_api.port}", interceptors=[BearerAuth(ADMIN_TOKEN)]
+            ) as token_channel,
             grpc.aio.insecure_channel(f"127.0.0.1:{activator.port}") as activator_channel,
         ):
             yield System(

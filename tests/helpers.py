@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
 import pytest
 
 from activator.config import ActivatorSettings
@@ -24,6 +25,20 @@ from waiting.v1 import (
 )
 
 RPC_TIMEOUT = 10.0
+ADMIN_TOKEN = "test-admin-" + secrets.token_hex(8)
+
+
+class BearerAuth(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds the admin bearer credential to every call, as an admin client would."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        details = client_call_details._replace(
+            metadata=tuple(client_call_details.metadata or ()) + self._metadata
+        )
+        return await continuation(details, request)
 
 
 @dataclass
@@ -61,7 +76,9 @@ def settings_for(
         "events_topic": f"token-events-{suffix}",
         "shutdown_grace_seconds": 1.0,
     }
-    token_api = TokenApiSettings(**common, host="127.0.0.1", port=0, outbox_poll_seconds=0.5)
+    token_api = TokenApiSettings(
+        **common, host="127.0.0.1", port=0, outbox_poll_seconds=0.5, admin_token=ADMIN_TOKEN
+    )
     activator = ActivatorSettings(
         **common, host="127.0.0.1", port=0, group_id=f"token-activate-{suffix}"
     )

@@ -16,6 +16,12 @@ class TokenApiSettings(CommonSettings):
     outbox_poll_seconds: float = setting(
         "OUTBOX_POLL_SECONDS", 1.0, "how often the relay looks for unsent events", positive
     )
+    admin_token: str = setting(
+        "ADMIN_TOKEN",
+        "",
+        "bearer credential for ScheduleService; empty closes the admin API",
+        secret=True,
+    )
     producer_linger_ms: int = setting(
         "PRODUCER_LINGER_MS", 0, "Kafka producer linger; 0 sends at once", non_negative
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from token_api.admin import ScheduleService
+from token_api.auth import AdminAuthInterceptor
 from token_api.config import TokenApiSettings
 from token_api.service import TokenService
 from waiting.v1 import (
@@ -41,7 +42,7 @@ class TokenApi:
             topics=topics,
             partitions=settings.topic_partitions,
         )
-        self.server = serving.new_server()
+        self.server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
             TokenService(self.database, self.relay, topics), self.server
         )

@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def new_server() -> grpc.aio.Server:
-    """A grpc.aio server with the error-mapping interceptor and small message limits."""
+def new_server(*interceptors: grpc.aio.ServerInterceptor) -> grpc.aio.Server:  # type: ignore[type-arg]
+    """A grpc.aio server: error mapping first, then ``interceptors``; small message limits."""
     return grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),

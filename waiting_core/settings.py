@@ -22,10 +22,22 @@ class ConfigError(ValueError):
 
 
 def setting(
-    env: str, default: Any, help: str, check: Callable[[Any], str | None] | None = None
+    env: str,
+    default: Any,
+    help: str,
+    check: Callable[[Any], str | None] | None = None,
+    *,
+    secret: bool = False,
 ) -> Any:
-    """Declare a settings field read from ``env``; ``check`` returns an error text or None."""
-    return dataclasses.field(default=default, metadata={"env": env, "help": help, "check": check})
+    """Declare a settings field read from ``env``; ``check`` returns an error text or None.
+
+    A ``secret`` setting is never echoed: not in errors, not in ``--help``, not in repr.
+    """
+    return dataclasses.field(
+        default=default,
+        repr=not secret,
+        metadata={"env": env, "help": help, "check": check, "secret": secret},
+    )
 
 
 def positive(value: Any) -> str | None:
@@ -84,7 +96,8 @@ def load(cls: type[T], environ: Mapping[str, str]) -> T:
         check = field.metadata["check"]
         problem = check(value) if check is not None else None
         if problem:
-            raise ConfigError(f"{env}={value!r}: {problem}")
+            shown = "<secret>" if field.metadata["secret"] else repr(value)
+            raise ConfigError(f"{env}={shown}: {problem}")
         values[field.name] = value
     return cls(**values)
 
@@ -101,7 +114,7 @@ def describe(cls: type[Any]) -> str:
     """One line per environment variable: name, default and meaning."""
     lines = []
     for field in dataclasses.fields(cls):
-        default = field.default
+        default = "<secret>" if field.metadata["secret"] else field.default
         lines.append(
             f"  {field.metadata['env']:<34} {field.metadata['help']} (default: {default!r})"
         )
