@@ -20,6 +20,12 @@ class ActivatorSettings(CommonSettings):
         "longest the broker holds an empty fetch (latency vs. load)",
         positive,
     )
+    session_timeout_ms: int = setting(
+        "CONSUMER_SESSION_TIMEOUT_MS",
+        10_000,
+        "how soon the group notices a dead activator and moves its partitions",
+        positive,
+    )
     max_batch: int = setting(
         "MAX_BATCH_RECORDS", 2000, "most records applied per consumer batch", positive
     )

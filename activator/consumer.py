@@ -117,7 +117,18 @@ class AdmissionConsumer:
                 continue
             if batch:
                 async with self._batch_lock:
-                    await self._apply_and_commit(consumer, batch)
+                    await self._apply_or_rewind(consumer, batch)
+
+    async def _apply_or_rewind(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
+        """Apply and commit; on any failure, seek back so the batch is read again."""
+        try:
+            await self._apply_and_commit(consumer, batch)
+        except Exception:
+            log.exception("batch failed; it will be read again")
+            for tp, records in batch.items():
+                if tp in consumer.assignment():
+                    consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(self._backoff(2))
 
     async def _connect_with_retry(self) -> None:
         attempt = 0
@@ -145,6 +156,8 @@ class AdmissionConsumer:
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=self._settings.group_id,
             enable_auto_commit=False,
+            session_timeout_ms=self._settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self._settings.session_timeout_ms // 3),
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
             max_poll_records=self._settings.max_batch,
@@ -175,10 +188,10 @@ class AdmissionConsumer:
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
             await consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # The group rebalanced; the new owner re-reads these records, which is harmless
-            # because admission is idempotent.
-            log.warning("offset commit failed after a rebalance: %s", exc)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance or a broker outage: whoever owns the partitions next re-reads these
+            # records, which is harmless because admission is idempotent.
+            log.warning("offset commit failed (%s); the records will be read again", exc)
 
     async def _admit_with_retry(
         self, schedule_id: int, records: list[ConsumerRecord[bytes, bytes]]

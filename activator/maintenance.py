@@ -67,6 +67,8 @@ class Sweeper:
                 await self.sweep_once()
             except Unavailable as exc:
                 log.warning("sweep skipped: %s", exc)
+            except Exception:
+                log.exception("sweep failed; trying again next tick")
 
     async def sweep_once(self) -> int:
         """Settle every owned schedule that needs it; return how many were settled."""

@@ -123,6 +123,8 @@ class WatchHub:
                 await self._refresh(with_positions)
             except (Unavailable, TokenNotFound) as exc:
                 log.warning("watch refresh skipped: %s", exc)
+            except Exception:
+                log.exception("watch refresh failed; trying again")
 
     async def _refresh(self, with_positions: bool) -> None:
         ids = list(self._watchers)

@@ -20,7 +20,14 @@ import grpc
 import pytest
 
 from activator.server import Activator
-from tests.helpers import ADMIN_TOKEN, BearerAuth, System, settings_for, wait_assigned
+from tests.helpers import (
+    ADMIN_TOKEN,
+    BearerAuth,
+    System,
+    create_postgres_database,
+    settings_for,
+    wait_assigned,
+)
 from token_api.server import TokenApi
 from waiting.v1 import (
     queue_status_service_pb2_grpc,
@@ -97,23 +104,13 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _create_postgres_database(admin_url: str) -> str:
-    name = f"waiting_test_{secrets.token_hex(4)}"
-    url = admin_url.rsplit("/", 1)[0]
-    host_port = url.split("@", 1)[1]
-    host, port = host_port.split(":")
-    psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
-    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
-    return f"{url}/{name}"
-
-
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A freshly migrated database of each backend."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'waiting.sqlite3'}"
     else:
-        url = _create_postgres_database(request.getfixturevalue("postgres_server"))
+        url = create_postgres_database(request.getfixturevalue("postgres_server"))
     migrate.upgrade(url)
     return url
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -152,3 +153,14 @@ async def wait_counts(system: System, schedule_id: int, active: int, pending: in
         return status.active_count == active and status.pending_count == pending
 
     await eventually(reached)
+
+
+def create_postgres_database(admin_url: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``admin_url``; its URL."""
+    name = f"waiting_test_{secrets.token_hex(4)}"
+    url = admin_url.rsplit("/", 1)[0]
+    host_port = url.split("@", 1)[1]
+    host, port = host_port.split(":")
+    psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
+    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
+    return f"{url}/{name}"

@@ -89,7 +89,7 @@ class OutboxRelay:
             try:
                 await self.publish_pending()
                 failures = 0
-            except (Unavailable, KafkaError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
                 failures += 1
                 delay = min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
                 log.warning("outbox relay: %s; retrying in %.2fs", _describe(exc), delay)
