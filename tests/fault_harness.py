@@ -9,6 +9,7 @@ activation time. After the fault and the drain it checks I1-I4 and returns a rep
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import secrets
 import time
@@ -191,9 +192,11 @@ class FaultRun:
 
     async def check(self, report: FaultReport) -> None:
         """Fill in the report from the database."""
-        async with Database(self.direct_database_url, pool_size=1) as database:
-            async with database.transaction(read_only=True) as session:
-                rows = await self._rows(session)
+        async with (
+            Database(self.direct_database_url, pool_size=1) as database,
+            database.transaction(read_only=True) as session,
+        ):
+            rows = await self._rows(session)
         by_id = {r.token_id: r for r in rows}
         report.capacity = self.capacity
         report.issued = len(self.issued)
@@ -213,7 +216,7 @@ class FaultRun:
         ordered = sorted((r for r in rows if r.activated_at is not None), key=lambda r: r.seq)
         report.fifo_violations = sum(
             1
-            for before, after in zip(ordered, ordered[1:], strict=False)
+            for before, after in itertools.pairwise(ordered)
             if after.activated_at < before.activated_at  # type: ignore[operator]
         )
 
