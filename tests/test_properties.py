@@ -139,11 +139,13 @@ def _outcome(call: Callable[[], Any]) -> grpc.StatusCode:
     try:
         call()
     except grpc.RpcError as exc:
-        code: grpc.StatusCode = exc.code()
-        assert code in ALLOWED, f"{code}: {exc.details()}"
-        assert exc.details(), "an error must say what is wrong"
-        return code
-    return grpc.StatusCode.OK
+        error = exc
+    else:
+        return grpc.StatusCode.OK
+    code: grpc.StatusCode = error.code()
+    assert code in ALLOWED, f"{code}: {error.details()}"
+    assert error.details(), "an error must say what is wrong"
+    return code
 
 
 # --- strategies --------------------------------------------------------------------------
