@@ -5,12 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/waiting/v1/*.proto)
 
-.PHONY: help setup proto run demo migrate test test-sqlite test-postgres lint format broker postgres stop clean
+.PHONY: help setup proto run demo bench migrate test test-sqlite test-postgres lint format broker postgres stop clean
 
 help:
 	@echo "make run      set up (venv, stubs, broker jars) and run broker + token_api + activator"
 	@echo "make test     run the tests against a real Kafka broker, on SQLite and PostgreSQL"
 	@echo "make demo     a crowd of simulated users through the real API (DEMO_ARGS=--help)"
+	@echo "make bench    measure against the targets; BENCH_ARGS=--full for the 1M line"
 	@echo "make lint     ruff format --check, ruff check, mypy --strict"
 	@echo "make proto    regenerate the Python stubs from protos/"
 	@echo "make stop     stop the background broker and PostgreSQL started by the scripts"
@@ -43,6 +44,9 @@ run: setup
 
 demo: setup
 	$(BIN)/python -m tools.demo $(DEMO_ARGS)
+
+bench: setup
+	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 
 test: setup
 	$(BIN)/pytest

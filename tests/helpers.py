@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from activator.config import ActivatorSettings
 from activator.server import Activator
 from token_api.config import TokenApiSettings
 from token_api.server import TokenApi
+from tools.system import create_postgres_database
 from waiting.v1 import (
     queue_status_service_pb2,
     queue_status_service_pb2_grpc,
@@ -26,6 +26,7 @@ from waiting.v1 import (
 )
 
 RPC_TIMEOUT = 10.0
+__all__ = ["create_postgres_database"]
 ADMIN_TOKEN = "test-admin-" + secrets.token_hex(8)
 
 
@@ -153,14 +154,3 @@ async def wait_counts(system: System, schedule_id: int, active: int, pending: in
         return status.active_count == active and status.pending_count == pending
 
     await eventually(reached)
-
-
-def create_postgres_database(admin_url: str) -> str:
-    """A new, empty database on the PostgreSQL server of ``admin_url``; its URL."""
-    name = f"waiting_test_{secrets.token_hex(4)}"
-    url = admin_url.rsplit("/", 1)[0]
-    host_port = url.split("@", 1)[1]
-    host, port = host_port.split(":")
-    psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
-    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
-    return f"{url}/{name}"

@@ -134,7 +134,7 @@ async def issue_with_retry(crowd: Crowd, user_id: str) -> ts.IssueTokenResponse:
             if exc.code() not in RETRYABLE or attempt == 7:
                 raise
             crowd.retries += 1
-            await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311
+            await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
     raise AssertionError("unreachable")
 
 
@@ -218,12 +218,12 @@ async def run_crowd(crowd: Crowd) -> None:
         ),
         timeout=10,
     )
-    rng = random.Random(args.seed)  # noqa: S311 - a reproducible crowd, not secrecy
+    rng = random.Random(args.seed)
     roles = assign_roles(args, rng)
     crowd.outcomes = [Outcome(f"demo-user-{i}", role) for i, role in enumerate(roles)]
     delays = sorted(rng.uniform(0, args.arrival_seconds) for _ in roles)
     tasks = [
-        asyncio.create_task(run_user(crowd, o, d, random.Random(rng.random())))  # noqa: S311
+        asyncio.create_task(run_user(crowd, o, d, random.Random(rng.random())))
         for o, d in zip(crowd.outcomes, delays, strict=True)
     ]
     started = time.monotonic()

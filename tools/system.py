@@ -8,6 +8,7 @@ shared but the broker and the database.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -53,19 +54,28 @@ def wait_serving(address: str, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Block until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while not is_listening(port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+        time.sleep(0.1)
+
+
 def start_broker(port: int, data_dir: Path) -> bool:
     """Start a broker on ``port`` unless one answers there; True when this call started it."""
     if is_listening(port):
         return False
     env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data_dir)}
-    subprocess.run([str(ROOT / "scripts/kafka.sh"), "start"], env=env, check=True)  # noqa: S603
+    subprocess.run([str(ROOT / "scripts/kafka.sh"), "start"], env=env, check=True)
     return True
 
 
 def stop_broker(port: int, data_dir: Path) -> None:
     """Stop a broker started by :func:`start_broker`."""
     env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data_dir)}
-    subprocess.run([str(ROOT / "scripts/kafka.sh"), "stop"], env=env, check=False)  # noqa: S603
+    subprocess.run([str(ROOT / "scripts/kafka.sh"), "stop"], env=env, check=False)
 
 
 def migrate(database_url: str) -> None:
@@ -136,7 +146,7 @@ class Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{module}-{port}.log"
         with log_path.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603
+            process = subprocess.Popen(
                 [sys.executable, "-m", module],
                 env=self._env(**{variable: str(port)}),
                 stdout=log,
@@ -159,3 +169,14 @@ class Cluster:
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
+
+
+def create_postgres_database(admin_url: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``admin_url``; its URL."""
+    name = f"waiting_test_{secrets.token_hex(4)}"
+    url = admin_url.rsplit("/", 1)[0]
+    host_port = url.split("@", 1)[1]
+    host, port = host_port.split(":")
+    psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
+    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
+    return f"{url}/{name}"

@@ -1,0 +1,563 @@
+"""``make bench``: measure the services against the design's targets, with baselines from the
+same run on the same machine.
+
+For each database (SQLite, PostgreSQL) it starts token_api and an activator as processes and
+measures: the echo ceiling, the Kafka round-trip floor, IssueToken throughput and latency at a
+few concurrency levels, issue-to-ACTIVE latency at a steady rate, the drain of 1,000 freed
+slots, GetTokenStatus latency with a long line (100k quick, 1M with --full), and peak RSS.
+It writes bench/results.json and bench/latency.png and prints a table with ratios against
+the targets. It never fails on a missed target: it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import func, select
+
+from tools.system import (
+    ROOT,
+    Cluster,
+    create_postgres_database,
+    free_port,
+    migrate,
+    start_broker,
+    stop_broker,
+    wait_listening,
+)
+from waiting.v1 import (
+    queue_status_service_pb2,
+    queue_status_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+    token_service_pb2,
+    token_service_pb2_grpc,
+)
+from waiting_core.bulk import load_pending
+from waiting_core.database import Database
+from waiting_core.models import TokenRow
+
+OUT = ROOT / "bench"
+ADMIN = "bench-admin"
+AUTH = (("authorization", f"Bearer {ADMIN}"),)
+TARGETS = {
+    "issue_rps_ratio": ("IssueToken rps / echo rps", ">=", 0.5),
+    "issue_p99_ms": ("IssueToken p99 (ms)", "<=", 25.0),
+    "to_active_p50_ms": ("issue->ACTIVE p50 (ms)", "<=", 10.0),
+    "to_active_p99_ms": ("issue->ACTIVE p99 (ms)", "<=", 50.0),
+    "drain_ms": ("1,000 freed slots refilled (ms)", "<=", 200.0),
+    "status_p99_ms": ("GetTokenStatus p99 (ms), long line", "<=", 5.0),
+    "activator_rss_mb": ("activator peak RSS (MB)", "<=", 200.0),
+}
+
+
+def pct(values: list[float], share: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+@dataclass
+class LoadResult:
+    """A closed-loop run: requests per second and latencies in ms."""
+
+    concurrency: int
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second."""
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, float]:
+        """The figures for results.json."""
+        return {
+            "concurrency": self.concurrency,
+            "rps": round(self.rps, 1),
+            "p50_ms": round(pct(self.latencies_ms, 0.5), 2),
+            "p99_ms": round(pct(self.latencies_ms, 0.99), 2),
+            "errors": self.errors,
+        }
+
+
+async def closed_loop(
+    call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float
+) -> LoadResult:
+    """``concurrency`` workers calling back to back for ``seconds``."""
+    result = LoadResult(concurrency, seconds)
+    end = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def worker() -> None:
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            try:
+                await call(next(counter))
+            except grpc.aio.AioRpcError:
+                result.errors += 1
+                continue
+            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return result
+
+
+class RssSampler:
+    """Peak resident memory of some processes, sampled in the background."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.peak_mb = dict.fromkeys(pids, 0.0)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RssSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            for name, process in self._processes.items():
+                with contextlib.suppress(psutil.Error):
+                    rss = process.memory_info().rss / 2**20
+                    self.peak_mb[name] = max(self.peak_mb[name], rss)
+            await asyncio.sleep(0.2)
+
+
+@dataclass
+class Bench:
+    """One database's run."""
+
+    args: argparse.Namespace
+    database: str
+    database_url: str
+    bootstrap: str
+    results: dict[str, Any] = field(default_factory=dict)
+    drain_curve: list[tuple[float, int]] = field(default_factory=list)
+    cdfs: dict[str, list[float]] = field(default_factory=dict)
+
+    async def run(self, echo_address: str) -> dict[str, Any]:
+        """Every measurement on this database."""
+        await asyncio.to_thread(migrate, self.database_url)
+        cluster = Cluster(
+            self.database_url,
+            self.bootstrap,
+            ROOT / ".run" / "bench-logs",
+            extra_env={
+                "ADMIN_TOKEN": ADMIN,
+                "WAITING_TOPIC": f"bench-waiting-{secrets.token_hex(3)}",
+                "TOKEN_EVENTS_TOPIC": f"bench-events-{secrets.token_hex(3)}",
+                "CONSUMER_GROUP": f"bench-{secrets.token_hex(3)}",
+                "LOG_LEVEL": "WARNING",
+            },
+        )
+        try:
+            token_api = await asyncio.to_thread(cluster.start, "token_api")
+            activator = await asyncio.to_thread(cluster.start, "activator")
+            pids = {"token_api": token_api.process.pid, "activator": activator.process.pid}
+            async with (
+                RssSampler(pids) as rss,
+                grpc.aio.insecure_channel(token_api.address) as token_channel,
+                grpc.aio.insecure_channel(activator.address) as activator_channel,
+                grpc.aio.insecure_channel(echo_address) as echo_channel,
+                Database(self.database_url, pool_size=4) as db,
+            ):
+                tokens = token_service_pb2_grpc.TokenServiceStub(token_channel)
+                schedules = schedule_service_pb2_grpc.ScheduleServiceStub(token_channel)
+                queue = queue_status_service_pb2_grpc.QueueStatusServiceStub(activator_channel)
+                echo = token_service_pb2_grpc.TokenServiceStub(echo_channel)
+                await self._issue_throughput(tokens, echo)
+                await self._issue_to_active(tokens, schedules, db)
+                await self._drain(tokens, schedules, db)
+                await self._status(queue, schedules, db)
+                self.results["peak_rss_mb"] = {k: round(v, 1) for k, v in rss.peak_mb.items()}
+        finally:
+            await asyncio.to_thread(cluster.stop_all)
+        return self.results
+
+    async def _issue_throughput(
+        self,
+        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        echo: token_service_pb2_grpc.TokenServiceAsyncStub,
+    ) -> None:
+        levels = []
+        for concurrency in self.args.concurrency:
+            schedule_id = random.randrange(10**9)
+
+            async def ceiling(i: int) -> Any:
+                return await echo.IssueToken(
+                    token_service_pb2.IssueTokenRequest(
+                        user_id=f"bench-user-{i:06d}", schedule_id=1
+                    ),
+                    timeout=10,
+                )
+
+            async def issue(i: int, schedule_id: int = schedule_id) -> Any:
+                return await tokens.IssueToken(
+                    token_service_pb2.IssueTokenRequest(
+                        user_id=f"bench-user-{i:06d}", schedule_id=schedule_id
+                    ),
+                    timeout=10,
+                )
+
+            echo_run = await closed_loop(ceiling, concurrency, self.args.seconds)
+            issue_run = await closed_loop(issue, concurrency, self.args.seconds)
+            levels.append({"echo": echo_run.summary(), "issue": issue_run.summary()})
+            self.cdfs[f"echo c={concurrency}"] = echo_run.latencies_ms
+            self.cdfs[f"IssueToken c={concurrency}"] = issue_run.latencies_ms
+        self.results["issue_levels"] = levels
+
+    async def _issue_to_active(
+        self,
+        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
+        db: Database,
+    ) -> None:
+        schedule_id = random.randrange(10**9)
+        await schedules.UpsertSchedule(
+            schedule_service_pb2.UpsertScheduleRequest(
+                schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, capacity=1_000_000)
+            ),
+            metadata=AUTH,
+            timeout=10,
+        )
+        rate, count = self.args.rate, int(self.args.rate * self.args.seconds)
+        start = time.perf_counter()
+        calls: list[asyncio.Task[Any]] = []
+
+        async def issue(i: int) -> Any:
+            request = token_service_pb2.IssueTokenRequest(
+                user_id=f"steady-{i}", schedule_id=schedule_id
+            )
+            return await tokens.IssueToken(request, timeout=10)
+
+        for i in range(count):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            calls.append(asyncio.create_task(issue(i)))
+        await asyncio.gather(*calls, return_exceptions=True)
+        waits = await self._activation_waits(db, schedule_id, count)
+        self.cdfs["issue->ACTIVE"] = waits
+        self.results["to_active"] = {
+            "offered_per_second": rate,
+            "tokens": count,
+            "admitted": len(waits),
+            "p50_ms": round(pct(waits, 0.5), 2),
+            "p99_ms": round(pct(waits, 0.99), 2),
+        }
+
+    async def _activation_waits(self, db: Database, schedule_id: int, count: int) -> list[float]:
+        deadline = time.perf_counter() + 30
+        while True:
+            async with db.transaction(read_only=True) as session:
+                rows = (
+                    await session.execute(
+                        select(TokenRow.issued_at, TokenRow.activated_at).where(
+                            TokenRow.schedule_id == schedule_id
+                        )
+                    )
+                ).all()
+            done = [r for r in rows if r.activated_at is not None]
+            if len(done) >= count or time.perf_counter() > deadline:
+                return [(r.activated_at - r.issued_at).total_seconds() * 1000 for r in done]
+            await asyncio.sleep(0.2)
+
+    async def _drain(
+        self,
+        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
+        db: Database,
+    ) -> None:
+        schedule_id = random.randrange(10**9)
+        await self._set_capacity(schedules, schedule_id, 1000)
+        async with db.transaction() as session:
+            await load_pending(session, schedule_id, 2000, datetime.now(UTC))
+        await self._wait_active(db, schedule_id, 1000, 60)
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        await self._set_capacity(schedules, schedule_id, 2000)
+        self.drain_curve = await self._wait_active(db, schedule_id, 2000, 30, started)
+        async with db.transaction(read_only=True) as session:
+            last = (
+                await session.execute(
+                    select(func.max(TokenRow.activated_at)).where(
+                        TokenRow.schedule_id == schedule_id
+                    )
+                )
+            ).scalar_one()
+        if last is None:
+            raise RuntimeError("the drain admitted nobody")
+        self.results["drain"] = {
+            "freed": 1000,
+            "ms_by_database_clock": round((last - started_at).total_seconds() * 1000, 1),
+            "ms_seen_by_poller": round((time.perf_counter() - started) * 1000, 1),
+        }
+
+    async def _set_capacity(
+        self,
+        schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
+        schedule_id: int,
+        capacity: int,
+    ) -> None:
+        await schedules.UpsertSchedule(
+            schedule_service_pb2.UpsertScheduleRequest(
+                schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, capacity=capacity)
+            ),
+            metadata=AUTH,
+            timeout=10,
+        )
+
+    async def _wait_active(
+        self,
+        db: Database,
+        schedule_id: int,
+        wanted: int,
+        timeout: float,
+        since: float | None = None,
+    ) -> list[tuple[float, int]]:
+        curve: list[tuple[float, int]] = []
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            async with db.transaction(read_only=True) as session:
+                active = (
+                    await session.execute(
+                        select(func.count()).where(
+                            TokenRow.schedule_id == schedule_id, TokenRow.activated_at.is_not(None)
+                        )
+                    )
+                ).scalar_one()
+            if since is not None:
+                curve.append(((time.perf_counter() - since) * 1000, active))
+            if active >= wanted:
+                break
+            await asyncio.sleep(0.005)
+        return curve
+
+    async def _status(
+        self,
+        queue: queue_status_service_pb2_grpc.QueueStatusServiceAsyncStub,
+        schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
+        db: Database,
+    ) -> None:
+        schedule_id = random.randrange(10**9)
+        await self._set_capacity(schedules, schedule_id, 1)
+        line = self.args.line
+        loaded = time.perf_counter()
+        async with db.transaction() as session:
+            token_ids = await load_pending(session, schedule_id, line, datetime.now(UTC))
+        load_seconds = time.perf_counter() - loaded
+        rng = random.Random(3)
+
+        async def status(_: int) -> Any:
+            return await queue.GetTokenStatus(
+                queue_status_service_pb2.GetTokenStatusRequest(token_id=rng.choice(token_ids)),
+                timeout=10,
+            )
+
+        run = await closed_loop(status, 8, self.args.seconds)
+        self.cdfs[f"GetTokenStatus, {line:,} pending"] = run.latencies_ms
+        self.results["status"] = {
+            "pending": line,
+            "bulk_load_seconds": round(load_seconds, 1),
+            **run.summary(),
+        }
+
+
+async def kafka_floor(bootstrap: str, rounds: int) -> dict[str, float]:
+    """The aiokafka produce-to-consume round trip on the same broker, one record at a time."""
+    topic = f"bench-floor-{secrets.token_hex(3)}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, fetch_max_wait_ms=20, auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await producer.send_and_wait(topic, b"warm-up")
+    await consumer.start()
+    await consumer.getone()
+    trips = []
+    try:
+        for i in range(rounds):
+            started = time.perf_counter()
+            await producer.send_and_wait(topic, str(i).encode())
+            await consumer.getone()
+            trips.append((time.perf_counter() - started) * 1000)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return {"p50_ms": round(pct(trips, 0.5), 2), "p99_ms": round(pct(trips, 0.99), 2)}
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    """The measured values the targets are stated in."""
+    best = max(results["issue_levels"], key=lambda level: level["issue"]["rps"])
+    return {
+        "issue_rps_ratio": round(best["issue"]["rps"] / best["echo"]["rps"], 3),
+        "issue_p99_ms": best["issue"]["p99_ms"],
+        "to_active_p50_ms": results["to_active"]["p50_ms"],
+        "to_active_p99_ms": results["to_active"]["p99_ms"],
+        "drain_ms": results["drain"]["ms_by_database_clock"],
+        "status_p99_ms": results["status"]["p99_ms"],
+        "activator_rss_mb": results["peak_rss_mb"]["activator"],
+    }
+
+
+def print_table(name: str, results: dict[str, Any]) -> None:
+    """The short table on stdout."""
+    print(f"\n== {name} ({os.cpu_count()} cores) ==")
+    header = ("level", "echo rps", "issue rps", "ratio", "issue p50", "issue p99")
+    print(
+        f"{header[0]:<8}{header[1]:>10}{header[2]:>11}{header[3]:>7}{header[4]:>11}{header[5]:>11}"
+    )
+    for level in results["issue_levels"]:
+        echo, issue = level["echo"], level["issue"]
+        print(
+            f"c={issue['concurrency']:<6}{echo['rps']:>10.0f}{issue['rps']:>11.0f}"
+            f"{issue['rps'] / echo['rps']:>7.2f}{issue['p50_ms']:>9.1f}ms{issue['p99_ms']:>9.1f}ms"
+        )
+    print(f"{'target':<40}{'measured':>10}  {'goal':>8}  met")
+    for key, value in ratios(results).items():
+        label, op, goal = TARGETS[key]
+        met = value >= goal if op == ">=" else value <= goal
+        print(f"{label:<40}{value:>10.2f}  {op}{goal:>6}  {'yes' if met else 'NO'}")
+
+
+def plot(all_results: dict[str, Bench], path: Path) -> None:
+    """Latency CDFs and the drain curve, one row per database."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(
+        len(all_results), 2, figsize=(13, 5 * len(all_results)), squeeze=False
+    )
+    for row, (name, bench) in enumerate(all_results.items()):
+        cdf_axis, drain_axis = axes[row]
+        for label, values in bench.cdfs.items():
+            if values:
+                ordered = sorted(values)
+                cdf_axis.plot(
+                    ordered, [i / len(ordered) for i in range(1, len(ordered) + 1)], label=label
+                )
+        cdf_axis.set_xscale("log")
+        cdf_axis.set_xlabel("latency (ms, log)")
+        cdf_axis.set_ylabel("share of requests")
+        cdf_axis.set_title(f"{name}: latency CDFs")
+        cdf_axis.legend(fontsize=7)
+        if bench.drain_curve:
+            drain_axis.plot(
+                [t for t, _ in bench.drain_curve], [a - 1000 for _, a in bench.drain_curve]
+            )
+        drain_axis.set_xlabel("ms after the capacity raise")
+        drain_axis.set_ylabel("newly admitted (of 1,000)")
+        drain_axis.set_title(f"{name}: queue drain")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """The ceiling's server, as its own process like token_api."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tools.echo_server", str(port)], cwd=ROOT)
+    try:
+        wait_listening(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def postgres_url() -> str | None:
+    """A database on the project's PostgreSQL script cluster, or None without PostgreSQL."""
+    env = {**os.environ, "PG_PORT": "55432"}
+    started = subprocess.run([str(ROOT / "scripts/postgres.sh"), "start"], env=env, check=False)
+    if started.returncode != 0:
+        return None
+    return create_postgres_database("postgresql+asyncpg://postgres@127.0.0.1:55432/postgres")
+
+
+async def amain(args: argparse.Namespace) -> None:
+    """Run every database and write the outputs."""
+    port, data_dir = 29092, ROOT / ".run" / "kafka-bench"
+    started_broker = await asyncio.to_thread(start_broker, port, data_dir)
+    bootstrap = f"127.0.0.1:{port}"
+    benches: dict[str, Bench] = {}
+    output: dict[str, Any] = {"cores": os.cpu_count(), "mode": "full" if args.full else "quick"}
+    try:
+        output["kafka_floor"] = await kafka_floor(bootstrap, 200)
+        sqlite_path = ROOT / ".run" / f"bench-{secrets.token_hex(3)}.sqlite3"
+        databases = {"sqlite": f"sqlite+aiosqlite:///{sqlite_path}"}
+        if "postgres" in args.databases:
+            url = await asyncio.to_thread(postgres_url)
+            if url:
+                databases["postgresql"] = url
+        with echo_server() as echo_address:
+            for name, url in databases.items():
+                if name.startswith(tuple(args.databases)):
+                    benches[name] = Bench(args, name, url, bootstrap)
+                    output[name] = await benches[name].run(echo_address)
+                    output[name]["ratios"] = ratios(output[name])
+    finally:
+        if started_broker:
+            await asyncio.to_thread(stop_broker, port, data_dir)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(output, indent=2))
+    plot(benches, OUT / "latency.png")
+    print(
+        f"\nKafka produce->consume floor: p50 {output['kafka_floor']['p50_ms']} ms, "
+        f"p99 {output['kafka_floor']['p99_ms']} ms"
+    )
+    for name in benches:
+        print_table(name, output[name])
+    print(f"\nwrote {OUT / 'results.json'} and {OUT / 'latency.png'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``make bench``."""
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="1,000,000 pending for the status run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rate", type=float, default=200.0, help="issues/s for issue->ACTIVE")
+    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args.line = 1_000_000 if args.full else 100_000
+    asyncio.run(amain(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
