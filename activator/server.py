@@ -15,6 +15,7 @@ from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.outbox import OutboxRelay
+from waiting_core.seen import SeenTokens
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Activator:
             partitions=settings.topic_partitions,
         )
         self.hub = WatchHub(self.read_database)
+        self.seen = SeenTokens(self.database)
         self.admitter = Admitter(self.database, topics)
         self.admitter.subscribe(lambda _: self.relay.wake())
         self.admitter.subscribe(self.hub.on_settlement)
@@ -48,7 +50,7 @@ class Activator:
         )
         self.server = serving.new_server()
         queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server(
-            QueueStatusService(self.read_database, self.hub), self.server
+            QueueStatusService(self.read_database, self.hub, self.seen), self.server
         )
         self.health = serving.add_health_and_reflection(self.server, SERVICE_NAMES)
         self.port = 0
@@ -63,6 +65,7 @@ class Activator:
         await self.read_database.start()
         await self.relay.start()
         await self.hub.start()
+        await self.seen.start()
         await self.consumer.start()
         await self.sweeper.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
@@ -80,6 +83,7 @@ class Activator:
         await self.sweeper.stop()
         await self.consumer.stop()
         await self.hub.stop()
+        await self.seen.stop()
         await self.relay.stop()
         await self.read_database.stop()
         await self.database.stop()

@@ -13,6 +13,7 @@ from waiting.v1 import queue_status_service_pb2 as pb
 from waiting.v1 import queue_status_service_pb2_grpc
 from waiting_core import domain, repository
 from waiting_core.database import Database
+from waiting_core.seen import SeenTokens
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -20,7 +21,8 @@ Context = grpc.aio.ServicerContext[object, object]
 class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceServicer):
     """Answers where a schedule's line and a token stand, once or as a stream."""
 
-    def __init__(self, database: Database, hub: WatchHub) -> None:
+    def __init__(self, database: Database, hub: WatchHub, seen: SeenTokens) -> None:
+        self._seen = seen
         self._database = database
         self._hub = hub
 
@@ -44,10 +46,10 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
     ) -> pb.GetTokenStatusResponse:
         token_id = domain.validate_token_id(request.token_id)
         now = datetime.now(UTC)
-        async with self._database.transaction() as session:
+        async with self._database.transaction(read_only=True) as session:
             token = await repository.get_token(session, token_id)
-            await repository.touch_token(session, token, now)
             view = await read_token_view(session, token, now)
+        self._seen.note(token_id)
         return pb.GetTokenStatusResponse(
             token=view.token,
             estimated_wait_seconds=view.wait.seconds,

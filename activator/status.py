@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,13 +92,7 @@ async def read_token_views(
     for schedule_id, members in by_schedule.items():
         schedule = await repository.get_schedule(session, schedule_id)
         head = schedule.head_seq if schedule else 0
-        pending = [t for t in members if t.status == TokenStatus.PENDING]
-        last = max((t.seq for t in pending), default=head)
-        departed = await repository.departed_seqs(session, schedule_id, head, last)
+        positions = await repository.pending_positions(session, schedule_id, head, members)
         for token in members:
-            position = 0
-            if token.status == TokenStatus.PENDING:
-                ahead_departed = bisect.bisect_left(departed, token.seq)
-                position = domain.pending_position(token.seq, head, ahead_departed)
-            views[token.token_id] = token_view(token, position, schedule, now)
+            views[token.token_id] = token_view(token, positions[token.token_id], schedule, now)
     return views

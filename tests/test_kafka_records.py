@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer
+from google.protobuf.message import DecodeError
 
 from tests.helpers import System, issue
 from waiting.v1 import events_pb2
@@ -51,7 +52,10 @@ async def _read_create_events(system: System, token_ids: set[str]) -> list[objec
                         header = dict(record.headers).get("event-type")
                         if header != b"waiting.v1.CreateTokenEvent":
                             continue
-                        event = events_pb2.CreateTokenEvent.FromString(record.value)
+                        try:
+                            event = events_pb2.CreateTokenEvent.FromString(record.value)
+                        except DecodeError:
+                            continue  # another test's poison record
                         if event.token_id in token_ids:
                             found.append(record)
     finally:

@@ -7,6 +7,7 @@ import logging
 from token_api.admin import ScheduleService
 from token_api.auth import AdminAuthInterceptor
 from token_api.config import TokenApiSettings
+from token_api.issuing import IssueBatcher
 from token_api.service import TokenService
 from waiting.v1 import (
     schedule_service_pb2,
@@ -18,6 +19,7 @@ from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.outbox import OutboxRelay
+from waiting_core.seen import SeenTokens
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,11 @@ class TokenApi:
             topics=topics,
             partitions=settings.topic_partitions,
         )
+        self.batcher = IssueBatcher(self.database, self.relay, topics)
+        self.seen = SeenTokens(self.database)
         self.server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
-            TokenService(self.database, self.relay, topics), self.server
+            TokenService(self.database, self.relay, topics, self.batcher, self.seen), self.server
         )
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(self.database, self.relay, topics), self.server
@@ -60,6 +64,8 @@ class TokenApi:
         self._started = True
         await self.database.start()
         await self.relay.start()
+        await self.batcher.start()
+        await self.seen.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         await self.server.start()
         await serving.set_health(self.health, SERVICE_NAMES, serving=True)
@@ -72,6 +78,8 @@ class TokenApi:
         self._started = False
         await serving.set_health(self.health, SERVICE_NAMES, serving=False)
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        await self.batcher.stop()
+        await self.seen.stop()
         await self.relay.stop()
         await self.database.stop()
         log.info("token_api stopped")

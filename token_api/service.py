@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from token_api.issuing import IssueBatcher
 from waiting.v1 import token_service_pb2 as pb
 from waiting.v1 import token_service_pb2_grpc
 from waiting_core import domain, repository
@@ -13,7 +14,6 @@ from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import (
     Topics,
-    create_token_event,
     outbox_row,
     slots_freed_event,
     state_changed_rows,
@@ -21,6 +21,7 @@ from waiting_core.events import (
 from waiting_core.messages import token_to_proto
 from waiting_core.models import TokenRow
 from waiting_core.outbox import OutboxRelay
+from waiting_core.seen import SeenTokens
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -33,36 +34,34 @@ def utc_now() -> datetime:
 class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     """Issues, reads, validates, completes and cancels waiting tokens."""
 
-    def __init__(self, database: Database, relay: OutboxRelay, topics: Topics) -> None:
+    def __init__(
+        self,
+        database: Database,
+        relay: OutboxRelay,
+        topics: Topics,
+        batcher: IssueBatcher,
+        seen: SeenTokens,
+    ) -> None:
+        self._seen = seen
         self._database = database
         self._relay = relay
         self._topics = topics
+        self._batcher = batcher
 
     async def IssueToken(
         self, request: pb.IssueTokenRequest, context: Context
     ) -> pb.IssueTokenResponse:
         user_id = domain.validate_user_id(request.user_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
-        async with self._database.transaction() as session:
-            schedule = await repository.lock_schedule(session, schedule_id)
-            now = utc_now()  # under the lock, so issue times follow the line's order
-            token = await repository.find_live_token(session, schedule_id, user_id)
-            if token is None:
-                token = await repository.add_pending_token(session, schedule, user_id, now)
-                event = create_token_event(token.token_id, user_id, schedule_id, now)
-                await repository.add_outbox_event(
-                    session, outbox_row(self._topics.waiting, schedule_id, event, now)
-                )
-            position = await repository.position_of(session, token, schedule.head_seq)
-        self._relay.wake()
-        return pb.IssueTokenResponse(token=token_to_proto(token, position))
+        issued = await self._batcher.issue(user_id, schedule_id)
+        return pb.IssueTokenResponse(token=token_to_proto(issued.token, issued.position))
 
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.GetTokenResponse:
         token_id = domain.validate_token_id(request.token_id)
-        async with self._database.transaction() as session:
+        async with self._database.transaction(read_only=True) as session:
             token = await repository.get_token(session, token_id)
-            await repository.touch_token(session, token, utc_now())
             position = await repository.current_position(session, token)
+        self._seen.note(token_id)
         return pb.GetTokenResponse(token=token_to_proto(token, position))
 
     async def ValidateToken(

@@ -10,6 +10,7 @@ planners can match them to the indexes in ``models.py``.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -129,32 +130,52 @@ async def get_token(session: AsyncSession, token_id: str) -> TokenRow:
     return token
 
 
-async def find_live_token(session: AsyncSession, schedule_id: int, user_id: str) -> TokenRow | None:
-    """The user's PENDING or ACTIVE token for the schedule, if any (I5)."""
+async def find_live_tokens(
+    session: AsyncSession, schedule_id: int, user_ids: Sequence[str]
+) -> dict[str, TokenRow]:
+    """The users' PENDING or ACTIVE tokens for the schedule, by user id (I5)."""
     stmt = select(TokenRow).where(
-        TokenRow.schedule_id == schedule_id, TokenRow.user_id == user_id, _LIVE
+        TokenRow.schedule_id == schedule_id, TokenRow.user_id.in_(user_ids), _LIVE
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return {t.user_id: t for t in (await session.execute(stmt)).scalars().all()}
 
 
-async def add_pending_token(
-    session: AsyncSession, schedule: ScheduleRow, user_id: str, now: datetime
-) -> TokenRow:
-    """Append a PENDING token to the locked schedule's line."""
-    schedule.last_seq += 1
-    schedule.pending_count += 1
-    token = TokenRow(
-        token_id=domain.new_token_id(),
-        user_id=user_id,
-        schedule_id=schedule.schedule_id,
-        seq=schedule.last_seq,
-        status=TokenStatus.PENDING,
-        issued_at=now,
-        last_seen_at=now,
-    )
-    session.add(token)
-    await session.flush()
-    return token
+def append_pending_tokens(
+    session: AsyncSession, schedule: ScheduleRow, user_ids: Sequence[str], now: datetime
+) -> list[TokenRow]:
+    """Append a PENDING token per user to the locked schedule's line, in the given order."""
+    tokens = []
+    for user_id in user_ids:
+        schedule.last_seq += 1
+        tokens.append(
+            TokenRow(
+                token_id=domain.new_token_id(),
+                user_id=user_id,
+                schedule_id=schedule.schedule_id,
+                seq=schedule.last_seq,
+                status=TokenStatus.PENDING,
+                issued_at=now,
+                last_seen_at=now,
+            )
+        )
+    schedule.pending_count += len(tokens)
+    session.add_all(tokens)
+    return tokens
+
+
+async def pending_positions(
+    session: AsyncSession, schedule_id: int, head_seq: int, tokens: Sequence[TokenRow]
+) -> dict[str, int]:
+    """Positions of many tokens of one schedule with a single range query (0 if not pending)."""
+    pending = [t for t in tokens if t.status == TokenStatus.PENDING]
+    last = max((t.seq for t in pending), default=head_seq)
+    departed = await departed_seqs(session, schedule_id, head_seq, last) if pending else []
+    return {
+        t.token_id: domain.pending_position(t.seq, head_seq, bisect.bisect_left(departed, t.seq))
+        if t.status == TokenStatus.PENDING
+        else 0
+        for t in tokens
+    }
 
 
 async def admit_oldest(
@@ -247,12 +268,6 @@ async def _lock_token(session: AsyncSession, token_id: str) -> TokenRow:
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one()
-
-
-async def touch_token(session: AsyncSession, token: TokenRow, now: datetime) -> None:
-    """Record that somebody asked about a PENDING token (it is not abandoned)."""
-    if token.status == TokenStatus.PENDING:
-        token.last_seen_at = now
 
 
 # --- outbox ------------------------------------------------------------------------------

@@ -1,0 +1,126 @@
+"""Group commit for IssueToken: concurrent calls share one transaction.
+
+One writer task takes every request that is waiting, writes them all in one transaction (a
+lock per schedule, one look-up of live tokens per schedule, the new token rows and their
+outbox events), commits once, and answers every caller. Requests that arrive meanwhile
+form the next batch, so there is no timer and no added latency when the service is idle,
+while a burst costs one commit per batch instead of one per request. The transaction runs
+in the writer task, not the RPC's, so a cancelled call can never leave half a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from waiting_core import repository
+from waiting_core.database import Database
+from waiting_core.events import Topics, create_token_event, outbox_row
+from waiting_core.models import TokenRow
+from waiting_core.outbox import OutboxRelay
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A token handed to a caller, with its position at commit time."""
+
+    token: TokenRow
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    user_id: str
+    schedule_id: int
+    answer: asyncio.Future[Issued]
+
+
+class IssueBatcher:
+    """Serialises IssueToken writes into batched transactions. ``start``/``stop`` idempotent."""
+
+    def __init__(self, database: Database, relay: OutboxRelay, topics: Topics) -> None:
+        self._database = database
+        self._relay = relay
+        self._topics = topics
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def start(self) -> None:
+        """Start the writer task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="issue-batcher")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, then stop."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def issue(self, user_id: str, schedule_id: int) -> Issued:
+        """Queue the request and wait for the commit that contains it."""
+        answer: asyncio.Future[Issued] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(user_id, schedule_id, answer))
+        return await asyncio.shield(answer)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await asyncio.shield(self._write(batch))
+
+    async def _write(self, batch: list[_Request]) -> None:
+        try:
+            async with self._database.transaction() as session:
+                results = await self._write_batch(session, batch)
+        except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map
+            for request in batch:
+                if not request.answer.done():
+                    request.answer.set_exception(exc)
+            return
+        self.batches += 1
+        self._relay.wake()
+        for request, issued in zip(batch, results, strict=True):
+            if not request.answer.done():
+                request.answer.set_result(issued)
+
+    async def _write_batch(self, session: AsyncSession, batch: list[_Request]) -> list[Issued]:
+        by_schedule: dict[int, list[_Request]] = {}
+        for request in batch:
+            by_schedule.setdefault(request.schedule_id, []).append(request)
+        issued: dict[tuple[int, str], Issued] = {}
+        for schedule_id in sorted(by_schedule):  # one lock order for every writer
+            users = list(dict.fromkeys(r.user_id for r in by_schedule[schedule_id]))
+            for user_id, result in await self._issue_for_schedule(session, schedule_id, users):
+                issued[(schedule_id, user_id)] = result
+        return [issued[(r.schedule_id, r.user_id)] for r in batch]
+
+    async def _issue_for_schedule(
+        self, session: AsyncSession, schedule_id: int, users: Sequence[str]
+    ) -> list[tuple[str, Issued]]:
+        schedule = await repository.lock_schedule(session, schedule_id)
+        now = datetime.now(UTC)  # under the lock, so issue times follow the line's order
+        live = await repository.find_live_tokens(session, schedule_id, users)
+        newcomers = [u for u in users if u not in live]
+        for token in repository.append_pending_tokens(session, schedule, newcomers, now):
+            live[token.user_id] = token
+            event = create_token_event(token.token_id, token.user_id, schedule_id, now)
+            session.add(outbox_row(self._topics.waiting, schedule_id, event, now))
+        tokens = [live[u] for u in users]
+        positions = await repository.pending_positions(
+            session, schedule_id, schedule.head_seq, tokens
+        )
+        return [(t.user_id, Issued(t, positions[t.token_id])) for t in tokens]

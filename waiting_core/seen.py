@@ -1,0 +1,68 @@
+"""Records which PENDING tokens were asked about, and writes that down in batches.
+
+Reads (GetToken, GetTokenStatus) stay read-only transactions: they only note the token id
+here, and a background task marks all noted tokens seen with one UPDATE every
+``interval`` seconds. The abandonment sweep therefore sees a token's last question at most
+``interval`` late, which is far below any pending TTL (at least 1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from waiting_core import repository
+from waiting_core.database import Database
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500
+
+
+class SeenTokens:
+    """Batches "somebody asked about this token" into periodic updates."""
+
+    def __init__(self, database: Database, interval: float = 0.25) -> None:
+        self._database = database
+        self._interval = interval
+        self._pending: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, token_id: str) -> None:
+        """Remember that the token was asked about just now."""
+        self._pending.add(token_id)
+
+    async def start(self) -> None:
+        """Start flushing in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="seen-tokens")
+
+    async def stop(self) -> None:
+        """Flush what is left, then stop."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Mark every noted PENDING token as seen now."""
+        noted, self._pending = list(self._pending), set()
+        now = datetime.now(UTC)
+        for start in range(0, len(noted), CHUNK):
+            async with self._database.transaction() as session:
+                await repository.touch_tokens(session, noted[start : start + CHUNK], now)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if not self._pending:
+                continue
+            try:
+                await self.flush()
+            except Exception:
+                log.warning("could not record seen tokens; will retry", exc_info=True)
