@@ -382,14 +382,14 @@ class Bench:
 
         # One client measures the latency of a lookup; eight show what saturation does to it.
         single = await closed_loop(status, 1, self.args.seconds)
-        loaded = await closed_loop(status, 8, self.args.seconds)
+        saturated = await closed_loop(status, 8, self.args.seconds)
         self.cdfs[f"GetTokenStatus, {line:,} pending, c=1"] = single.latencies_ms
-        self.cdfs[f"GetTokenStatus, {line:,} pending, c=8"] = loaded.latencies_ms
+        self.cdfs[f"GetTokenStatus, {line:,} pending, c=8"] = saturated.latencies_ms
         self.results["status"] = {
             "pending": line,
             "bulk_load_seconds": round(load_seconds, 1),
             **single.summary(),
-            "at_concurrency_8": loaded.summary(),
+            "at_concurrency_8": saturated.summary(),
         }
 
 
