@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/waiting/v1/*.proto)
 
-.PHONY: help setup proto run demo bench migrate test test-sqlite test-postgres lint format broker postgres stop clean
+.PHONY: help setup proto run demo bench smoke go-tools buf-lint migrate test test-sqlite test-postgres lint format broker postgres stop clean
 
 help:
 	@echo "make run      set up (venv, stubs, broker jars) and run broker + token_api + activator"
@@ -47,6 +47,17 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m tools.bench $(BENCH_ARGS)
+
+go-tools:
+	scripts/go_tools.sh
+
+smoke: setup go-tools
+	$(BIN)/python -m tools.smoke
+
+buf-lint: go-tools
+	"$$(go env GOPATH)/bin/buf" lint
+	if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:buf.yaml 2>/dev/null; then \
+		"$$(go env GOPATH)/bin/buf" breaking --against '.git#ref=HEAD~1'; fi
 
 test: setup
 	$(BIN)/pytest

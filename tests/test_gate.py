@@ -1,0 +1,75 @@
+"""TokenGate in front of a downstream service: only ACTIVE tokens of the schedule get through."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from tests.helpers import System, issue, set_capacity, wait_counts
+from waiting.v1 import token_service_pb2, token_service_pb2_grpc
+from waiting_client import SCHEDULE_HEADER, TOKEN_HEADER, TokenGate
+
+GUARDED = "/waiting.v1.TokenService/GetToken"  # any unary method will do as "the reservation"
+
+
+class Downstream(token_service_pb2_grpc.TokenServiceServicer):
+    """Stands in for a reservation service: answers GetToken with a fixed token."""
+
+    async def GetToken(
+        self, request: object, context: object
+    ) -> token_service_pb2.GetTokenResponse:
+        return token_service_pb2.GetTokenResponse()
+
+
+@pytest.fixture
+async def downstream(system: System) -> AsyncIterator[token_service_pb2_grpc.TokenServiceStub]:
+    async with grpc.aio.insecure_channel(system.token_api_address) as waiting_room:
+        server = grpc.aio.server(interceptors=[TokenGate(waiting_room, [GUARDED])])
+        token_service_pb2_grpc.add_TokenServiceServicer_to_server(Downstream(), server)  # type: ignore[abstract]
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield token_service_pb2_grpc.TokenServiceStub(channel)
+        await server.stop(None)
+
+
+async def _call(
+    stub: token_service_pb2_grpc.TokenServiceStub, token_id: str, schedule: int
+) -> grpc.StatusCode:
+    metadata = ((TOKEN_HEADER, token_id), (SCHEDULE_HEADER, str(schedule)))
+    try:
+        await stub.GetToken(token_service_pb2.GetTokenRequest(), metadata=metadata, timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_the_gate_admits_only_active_tokens_of_the_schedule(
+    system: System, downstream: token_service_pb2_grpc.TokenServiceStub, schedule_id: int
+) -> None:
+    await set_capacity(system, schedule_id, 1)
+    active = await issue(system, "in", schedule_id)
+    waiting = await issue(system, "out", schedule_id)
+    await wait_counts(system, schedule_id, active=1, pending=1)
+
+    assert await _call(downstream, active.token_id, schedule_id) == grpc.StatusCode.OK
+    assert (
+        await _call(downstream, waiting.token_id, schedule_id) == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await _call(downstream, active.token_id, schedule_id + 1)
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert await _call(downstream, "A" * 32, schedule_id) == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_gate_needs_the_headers(
+    downstream: token_service_pb2_grpc.TokenServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await downstream.GetToken(token_service_pb2.GetTokenRequest(), timeout=10)
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert TOKEN_HEADER in (caught.value.details() or "")
