@@ -53,8 +53,8 @@ def run(line: str) -> str:
     )
     if result.returncode != 0:
         sys.exit(f"smoke: `{line}` failed:\n{result.stdout}\n{result.stderr}")
-    print(f"$ {line}\n{result.stdout.strip()}")
-    return result.stdout
+    print(f"$ {line}\n{result.stdout.strip()}{result.stderr.strip()}")
+    return result.stdout + result.stderr
 
 
 def check_lines(lines: list[str]) -> None:
