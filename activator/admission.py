@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from waiting_core import domain, repository
+from waiting_core import domain, metrics, repository
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import Topics, state_changed_rows
@@ -31,6 +31,8 @@ class Settlement:
     admitted: Sequence[TokenRow] = field(default_factory=tuple)
     expired: Sequence[TokenRow] = field(default_factory=tuple)
     abandoned: Sequence[TokenRow] = field(default_factory=tuple)
+    active_count: int = 0
+    pending_count: int = 0
 
     @property
     def changed(self) -> bool:
@@ -88,12 +90,31 @@ class Admitter:
                 ),
             ):
                 session.add_all(rows)
-        settlement = Settlement(schedule_id, admitted, expired, abandoned)
+        settlement = Settlement(
+            schedule_id,
+            admitted,
+            expired,
+            abandoned,
+            active_count=schedule.active_count,
+            pending_count=schedule.pending_count,
+        )
         self.admitted += len(admitted)
         if settlement.changed:
             for listener in self._listeners:
                 listener(settlement)
         return settlement
+
+
+def record_metrics(settlement: Settlement) -> None:
+    """Count a committed settlement's changes in the Prometheus metrics."""
+    schedule = settlement.schedule_id
+    metrics.TOKENS_ADMITTED.labels(schedule).inc(len(settlement.admitted))
+    metrics.TOKENS_EXPIRED.labels(schedule).inc(len(settlement.expired) + len(settlement.abandoned))
+    metrics.ACTIVE.labels(schedule).set(settlement.active_count)
+    metrics.PENDING.labels(schedule).set(settlement.pending_count)
+    for token in settlement.admitted:
+        if token.activated_at is not None:
+            metrics.ISSUE_TO_ADMIT.observe((token.activated_at - token.issued_at).total_seconds())
 
 
 def _admissions_now(schedule: ScheduleRow, now: datetime) -> int:

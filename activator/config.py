@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from waiting_core.settings import CommonSettings, port, positive, setting
+from waiting_core.settings import CommonSettings, positive, setting
+from waiting_core.settings import port as valid_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,7 +13,10 @@ class ActivatorSettings(CommonSettings):
     """Everything the activator can be told; see ``python -m activator --help``."""
 
     host: str = setting("ACTIVATOR_HOST", "0.0.0.0", "address the gRPC server binds")  # noqa: S104
-    port: int = setting("ACTIVATOR_PORT", 50052, "gRPC port (0 picks a free one)", port)
+    port: int = setting("ACTIVATOR_PORT", 50052, "gRPC port (0 picks a free one)", valid_port)
+    metrics_port: int = setting(
+        "ACTIVATOR_METRICS_PORT", 9102, "Prometheus /metrics port (0 turns it off)", valid_port
+    )
     group_id: str = setting("CONSUMER_GROUP", "token-activate", "Kafka consumer group")
     fetch_max_wait_ms: int = setting(
         "FETCH_MAX_WAIT_MS",

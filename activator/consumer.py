@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from activator.admission import Admitter
 from activator.config import ActivatorSettings
+from waiting_core import metrics
 from waiting_core.errors import BadEvent, Unavailable
 from waiting_core.events import Topics, admission_schedule, ensure_topics
 
@@ -186,6 +187,10 @@ class AdmissionConsumer:
         for schedule_id, records in sorted(by_schedule.items()):
             await self._admit_with_retry(schedule_id, records)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        for tp, next_offset in offsets.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(tp.partition).set(max(0, highwater - next_offset))
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:

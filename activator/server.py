@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from activator.admission import Admitter
+from activator.admission import Admitter, record_metrics
 from activator.config import ActivatorSettings
 from activator.consumer import AdmissionConsumer
 from activator.maintenance import Sweeper
 from activator.service import QueueStatusService
 from activator.watch import WatchHub
 from waiting.v1 import queue_status_service_pb2, queue_status_service_pb2_grpc
-from waiting_core import serving
+from waiting_core import metrics, serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.outbox import OutboxRelay
@@ -44,6 +44,7 @@ class Activator:
         self.admitter = Admitter(self.database, topics)
         self.admitter.subscribe(lambda _: self.relay.wake())
         self.admitter.subscribe(self.hub.on_settlement)
+        self.admitter.subscribe(record_metrics)
         self.consumer = AdmissionConsumer(settings, self.admitter, topics)
         self.sweeper = Sweeper(
             self.database, self.admitter, self.consumer.ownership, settings.sweep_interval_seconds
@@ -70,6 +71,7 @@ class Activator:
         await self.sweeper.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         await self.server.start()
+        metrics.serve_metrics(self.settings.metrics_port)
         await serving.set_health(self.health, SERVICE_NAMES, serving=True)
         log.info("activator serving on %s:%d", self.settings.host, self.port)
 

@@ -79,10 +79,15 @@ def settings_for(
         "shutdown_grace_seconds": 1.0,
     }
     token_api = TokenApiSettings(
-        **common, host="127.0.0.1", port=0, outbox_poll_seconds=0.5, admin_token=ADMIN_TOKEN
+        **common,
+        host="127.0.0.1",
+        port=0,
+        outbox_poll_seconds=0.5,
+        admin_token=ADMIN_TOKEN,
+        metrics_port=0,
     )
     activator = ActivatorSettings(
-        **common, host="127.0.0.1", port=0, group_id=f"token-activate-{suffix}"
+        **common, host="127.0.0.1", port=0, group_id=f"token-activate-{suffix}", metrics_port=0
     )
     return token_api, activator
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from waiting_core.settings import CommonSettings, non_negative, port, positive, setting
+from waiting_core.settings import CommonSettings, non_negative, positive, setting
+from waiting_core.settings import port as valid_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,7 +13,10 @@ class TokenApiSettings(CommonSettings):
     """Everything token_api can be told; see ``python -m token_api --help``."""
 
     host: str = setting("TOKEN_API_HOST", "0.0.0.0", "address the gRPC server binds")  # noqa: S104
-    port: int = setting("TOKEN_API_PORT", 50051, "gRPC port (0 picks a free one)", port)
+    port: int = setting("TOKEN_API_PORT", 50051, "gRPC port (0 picks a free one)", valid_port)
+    metrics_port: int = setting(
+        "TOKEN_API_METRICS_PORT", 9101, "Prometheus /metrics port (0 turns it off)", valid_port
+    )
     outbox_poll_seconds: float = setting(
         "OUTBOX_POLL_SECONDS", 1.0, "how often the relay looks for unsent events", positive
     )

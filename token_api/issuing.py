@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from waiting_core import repository
+from waiting_core import metrics, repository
 from waiting_core.database import Database
 from waiting_core.events import Topics, create_token_event, outbox_row
 from waiting_core.models import TokenRow
@@ -83,6 +83,7 @@ class IssueBatcher:
             await asyncio.shield(self._write(batch))
 
     async def _write(self, batch: list[_Request]) -> None:
+        self._counts: list[tuple[int, int, int, int]] = []
         try:
             async with self._database.transaction() as session:
                 results = await self._write_batch(session, batch)
@@ -93,6 +94,10 @@ class IssueBatcher:
             return
         self.batches += 1
         self._relay.wake()
+        for schedule_id, newcomers, pending, active in self._counts:
+            metrics.TOKENS_ISSUED.labels(schedule_id).inc(newcomers)
+            metrics.PENDING.labels(schedule_id).set(pending)
+            metrics.ACTIVE.labels(schedule_id).set(active)
         for request, issued in zip(batch, results, strict=True):
             if not request.answer.done():
                 request.answer.set_result(issued)
@@ -119,6 +124,9 @@ class IssueBatcher:
             live[token.user_id] = token
             event = create_token_event(token.token_id, token.user_id, schedule_id, now)
             session.add(outbox_row(self._topics.waiting, schedule_id, event, now))
+        self._counts.append(
+            (schedule_id, len(newcomers), schedule.pending_count, schedule.active_count)
+        )
         tokens = [live[u] for u in users]
         positions = await repository.pending_positions(
             session, schedule_id, schedule.head_seq, tokens

@@ -15,7 +15,7 @@ from waiting.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
-from waiting_core import serving
+from waiting_core import metrics, serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.outbox import OutboxRelay
@@ -68,6 +68,7 @@ class TokenApi:
         await self.seen.start()
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         await self.server.start()
+        metrics.serve_metrics(self.settings.metrics_port)
         await serving.set_health(self.health, SERVICE_NAMES, serving=True)
         log.info("token_api serving on %s:%d", self.settings.host, self.port)
 

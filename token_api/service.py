@@ -9,7 +9,7 @@ import grpc
 from token_api.issuing import IssueBatcher
 from waiting.v1 import token_service_pb2 as pb
 from waiting.v1 import token_service_pb2_grpc
-from waiting_core import domain, repository
+from waiting_core import domain, metrics, repository
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import (
@@ -111,4 +111,10 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
                 )
         if release.changed:
             self._relay.wake()
+            counter = (
+                metrics.TOKENS_COMPLETED
+                if target == TokenStatus.COMPLETED
+                else metrics.TOKENS_CANCELLED
+            )
+            counter.labels(release.token.schedule_id).inc()
         return release.token

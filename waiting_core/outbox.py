@@ -17,7 +17,7 @@ import random
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from waiting_core import repository
+from waiting_core import metrics, repository
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import EVENT_TYPE_HEADER, Topics, ensure_topics
@@ -102,6 +102,7 @@ class OutboxRelay:
         while True:
             async with self._database.transaction(read_only=True) as session:
                 rows = list(await repository.oldest_outbox_events(session, BATCH_SIZE))
+            metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < BATCH_SIZE else BATCH_SIZE)
             if not rows:
                 return sent
             producer = await self._connected_producer()

@@ -13,6 +13,7 @@ from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.a
 from grpc_reflection.v1alpha import reflection
 
 from waiting_core.grpc_errors import ErrorMappingInterceptor
+from waiting_core.metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 def new_server(*interceptors: grpc.aio.ServerInterceptor) -> grpc.aio.Server:  # type: ignore[type-arg]
     """A grpc.aio server: error mapping first, then ``interceptors``; small message limits."""
     return grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(), *interceptors],
+        interceptors=[MetricsInterceptor(), ErrorMappingInterceptor(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
