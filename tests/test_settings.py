@@ -46,6 +46,7 @@ def test_values_are_parsed_to_their_types() -> None:
         ("SHUTDOWN_GRACE_SECONDS", "-1"),
         ("SHUTDOWN_GRACE_SECONDS", "soon"),
         ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
         ("OUTBOX_POLL_SECONDS", "0"),
         ("PRODUCER_LINGER_MS", "-5"),
     ],
@@ -93,3 +94,26 @@ def test_a_bad_value_stops_the_service_at_start_naming_the_variable() -> None:
 
     assert result.returncode == 2
     assert "TOKEN_API_PORT" in result.stderr
+
+
+def test_json_logs_carry_the_request_id() -> None:
+    import io
+    import json
+    import logging
+
+    from waiting_core import logs
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logs.configure("INFO", json_lines=True)
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        logs.REQUEST_ID.set("req-42")
+        logging.getLogger("t").info("hello", extra={"token_id": "tok", "schedule_id": 7})
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+    entry = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert entry["message"] == "hello"
+    assert (entry["request_id"], entry["token_id"], entry["schedule_id"]) == ("req-42", "tok", 7)

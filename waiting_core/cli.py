@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from waiting_core import logs
 from waiting_core.serving import wait_for_shutdown_signal
 from waiting_core.settings import CommonSettings, ConfigError, describe, load
 
@@ -49,10 +49,7 @@ def run_service(
     except ConfigError as exc:
         print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     asyncio.run(_serve(lambda: make_app(settings)))
     return 0
 

@@ -13,6 +13,7 @@ from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.a
 from grpc_reflection.v1alpha import reflection
 
 from waiting_core.grpc_errors import ErrorMappingInterceptor
+from waiting_core.logs import RequestIdInterceptor
 from waiting_core.metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,12 @@ MAX_MESSAGE_BYTES = 64 * 1024
 def new_server(*interceptors: grpc.aio.ServerInterceptor) -> grpc.aio.Server:  # type: ignore[type-arg]
     """A grpc.aio server: error mapping first, then ``interceptors``; small message limits."""
     return grpc.aio.server(
-        interceptors=[MetricsInterceptor(), ErrorMappingInterceptor(), *interceptors],
+        interceptors=[
+            RequestIdInterceptor(),
+            MetricsInterceptor(),
+            ErrorMappingInterceptor(),
+            *interceptors,
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),

@@ -68,6 +68,11 @@ def log_level(value: Any) -> str | None:
     return None if ok else "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
 
 
+def log_format(value: Any) -> str | None:
+    """A check: text or json."""
+    return None if value in ("text", "json") else "must be text or json"
+
+
 def _parse(raw: str, kind: Any) -> Any:
     if kind is bool:
         lowered = raw.strip().lower()
@@ -153,3 +158,6 @@ class CommonSettings:
         non_negative,
     )
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", log_level)
+    log_format: str = setting(
+        "LOG_FORMAT", "text", "text, or json for one JSON object a line", log_format
+    )
