@@ -10,7 +10,6 @@ time; the schedule row lock keeps I1 even while a rebalance moves it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from waiting_core import repository
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import schedule_key
+from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ def partition_of(schedule_id: int, partitions: int) -> int:
     return int((murmur2(schedule_key(schedule_id)) & 0x7FFFFFFF) % partitions)
 
 
-class Sweeper:
+class Sweeper(BackgroundWorker):
     """Runs the sweep loop in a task. ``start``/``stop`` are idempotent."""
+
+    name = "sweeper"
 
     def __init__(
         self,
@@ -45,20 +47,7 @@ class Sweeper:
         self._admitter = admitter
         self._ownership = ownership
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Start sweeping in the background."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="sweeper")
-
-    async def stop(self) -> None:
-        """Stop after the settle in flight."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        super().__init__()
 
     async def _run(self) -> None:
         while True:

@@ -13,7 +13,6 @@ A watcher holds only the latest view; a slow client skips stale ones instead of 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from waiting_core import repository
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import TokenNotFound, Unavailable
+from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ class _Watcher:
         self.changed.set()
 
 
-class WatchHub:
+class WatchHub(BackgroundWorker):
     """Serves WatchToken streams. ``start``/``stop`` are idempotent."""
+
+    name = "watch-hub"
 
     def __init__(
         self, database: Database, status_interval: float = 0.05, position_interval: float = 1.0
@@ -53,21 +55,8 @@ class WatchHub:
         self._status_interval = status_interval
         self._position_interval = position_interval
         self._watchers: dict[str, set[_Watcher]] = {}
-        self._task: asyncio.Task[None] | None = None
         self.polls = 0
-
-    async def start(self) -> None:
-        """Start the polling loop."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="watch-hub")
-
-    async def stop(self) -> None:
-        """Stop polling; open streams end when the server stops."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        super().__init__()
 
     @property
     def watched(self) -> int:

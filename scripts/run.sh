@@ -33,7 +33,7 @@ pids+=($!)
 "$py" -m activator &
 pids+=($!)
 
-"$py" scripts/wait_healthy.py "127.0.0.1:${TOKEN_API_PORT:-50051}" "127.0.0.1:${ACTIVATOR_PORT:-50052}"
+"$py" -m tools.system "127.0.0.1:${TOKEN_API_PORT:-50051}" "127.0.0.1:${ACTIVATOR_PORT:-50052}"
 
 cat <<MSG
 

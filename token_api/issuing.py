@@ -11,7 +11,6 @@ in the writer task, not the RPC's, so a cancelled call can never leave half a wr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from waiting_core.database import Database
 from waiting_core.events import Topics, create_token_event, outbox_row
 from waiting_core.models import TokenRow
 from waiting_core.outbox import OutboxRelay
+from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +45,19 @@ class _Request:
     answer: asyncio.Future[Issued]
 
 
-class IssueBatcher:
+class IssueBatcher(BackgroundWorker):
     """Serialises IssueToken writes into batched transactions. ``start``/``stop`` idempotent."""
+
+    name = "issue-batcher"
 
     def __init__(self, database: Database, relay: OutboxRelay, topics: Topics) -> None:
         self._database = database
         self._relay = relay
         self._topics = topics
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._counts: list[tuple[int, int, int, int]] = []
         self.batches = 0
-
-    async def start(self) -> None:
-        """Start the writer task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="issue-batcher")
-
-    async def stop(self) -> None:
-        """Finish the batch in flight, then stop."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        super().__init__()
 
     async def issue(self, user_id: str, schedule_id: int) -> Issued:
         """Queue the request and wait for the commit that contains it."""
@@ -83,7 +73,7 @@ class IssueBatcher:
             await asyncio.shield(self._write(batch))
 
     async def _write(self, batch: list[_Request]) -> None:
-        self._counts: list[tuple[int, int, int, int]] = []
+        self._counts = []
         try:
             async with self._database.transaction() as session:
                 results = await self._write_batch(session, batch)

@@ -15,7 +15,7 @@ from waiting.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
-from waiting_core import metrics, serving
+from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.outbox import OutboxRelay
@@ -29,7 +29,7 @@ SERVICE_NAMES = (
 )
 
 
-class TokenApi:
+class TokenApi(serving.GrpcService):
     """The running token_api. ``start``/``stop`` are idempotent; works with ``async with``."""
 
     def __init__(self, settings: TokenApiSettings) -> None:
@@ -46,51 +46,22 @@ class TokenApi:
         )
         self.batcher = IssueBatcher(self.database, self.relay, topics)
         self.seen = SeenTokens(self.database)
-        self.server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
+        server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
-            TokenService(self.database, self.relay, topics, self.batcher, self.seen), self.server
+            TokenService(self.database, self.relay, topics, self.batcher, self.seen), server
         )
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
-            ScheduleService(self.database, self.relay, topics), self.server
+            ScheduleService(self.database, self.relay, topics), server
         )
-        self.health = serving.add_health_and_reflection(self.server, SERVICE_NAMES)
-        self.port = 0
-        self._started = False
-
-    async def start(self) -> None:
-        """Open the database, start the relay, bind the port and report SERVING."""
-        if self._started:
-            return
-        self._started = True
-        await self.database.start()
-        await self.relay.start()
-        await self.batcher.start()
-        await self.seen.start()
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
-        await self.server.start()
-        metrics.serve_metrics(self.settings.metrics_port)
-        await serving.set_health(self.health, SERVICE_NAMES, serving=True)
-        log.info("token_api serving on %s:%d", self.settings.host, self.port)
-
-    async def stop(self) -> None:
-        """NOT_SERVING, drain RPCs, flush the outbox, close the database."""
-        if not self._started:
-            return
-        self._started = False
-        await serving.set_health(self.health, SERVICE_NAMES, serving=False)
-        await self.server.stop(self.settings.shutdown_grace_seconds)
-        await self.batcher.stop()
-        await self.seen.stop()
-        await self.relay.stop()
-        await self.database.stop()
-        log.info("token_api stopped")
-
-    async def __aenter__(self) -> TokenApi:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        super().__init__(
+            "token_api",
+            server,
+            SERVICE_NAMES,
+            [self.database, self.relay, self.batcher, self.seen],
+            address=f"{settings.host}:{settings.port}",
+            metrics_port=settings.metrics_port,
+            grace_seconds=settings.shutdown_grace_seconds,
+        )
 
 
 async def create_server(settings: TokenApiSettings) -> tuple[TokenApi, int]:

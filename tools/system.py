@@ -143,12 +143,13 @@ class Cluster:
         """Start ``python -m module`` (token_api or activator) on a free port."""
         port = port or free_port()
         variable = "TOKEN_API_PORT" if module == "token_api" else "ACTIVATOR_PORT"
+        metrics_variable = variable.replace("_PORT", "_METRICS_PORT")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{module}-{port}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
-                env=self._env(**{variable: str(port)}),
+                env=self._env(**{variable: str(port), metrics_variable: str(free_port())}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
@@ -180,3 +181,9 @@ def create_postgres_database(admin_url: str) -> str:
     psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
     subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
     return f"{url}/{name}"
+
+
+if __name__ == "__main__":
+    # ``python -m tools.system ADDRESS...``: wait until every address answers SERVING.
+    for target in sys.argv[1:]:
+        wait_serving(target)

@@ -21,14 +21,17 @@ from waiting_core import metrics, repository
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import EVENT_TYPE_HEADER, Topics, ensure_topics
+from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
 
 
-class OutboxRelay:
+class OutboxRelay(BackgroundWorker):
     """Moves outbox rows to Kafka. ``start``/``stop`` are idempotent; ``stop`` flushes."""
+
+    name = "outbox-relay"
 
     def __init__(
         self,
@@ -48,13 +51,8 @@ class OutboxRelay:
         self._partitions = partitions
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
         self.published = 0
-
-    async def start(self) -> None:
-        """Start relaying in the background; the broker may still be down."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        super().__init__()
 
     def wake(self) -> None:
         """Publish soon: a transaction with outbox rows just committed."""
@@ -62,23 +60,14 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         """Publish what is left (best effort, bounded), then close the producer."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        was_running = self._task is not None
+        await super().stop()
+        if was_running:
             with contextlib.suppress(Unavailable, KafkaError, OSError, TimeoutError):
                 await asyncio.wait_for(self.publish_pending(), timeout=5)
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
-
-    async def __aenter__(self) -> OutboxRelay:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def _run(self) -> None:
         failures = 0

@@ -15,39 +15,33 @@ from datetime import UTC, datetime
 
 from waiting_core import repository
 from waiting_core.database import Database
+from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500
 
 
-class SeenTokens:
+class SeenTokens(BackgroundWorker):
     """Batches "somebody asked about this token" into periodic updates."""
+
+    name = "seen-tokens"
 
     def __init__(self, database: Database, interval: float = 0.25) -> None:
         self._database = database
         self._interval = interval
         self._pending: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
 
     def note(self, token_id: str) -> None:
         """Remember that the token was asked about just now."""
         self._pending.add(token_id)
 
-    async def start(self) -> None:
-        """Start flushing in the background."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="seen-tokens")
-
     async def stop(self) -> None:
-        """Flush what is left, then stop."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(Exception):
-                await self.flush()
+        """Stop, then flush what is left."""
+        await super().stop()
+        with contextlib.suppress(Exception):
+            await self.flush()
 
     async def flush(self) -> None:
         """Mark every noted PENDING token as seen now."""

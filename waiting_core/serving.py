@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Iterable
+from typing import Protocol, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from waiting_core.grpc_errors import ErrorMappingInterceptor
 from waiting_core.logs import RequestIdInterceptor
-from waiting_core.metrics import MetricsInterceptor
+from waiting_core.metrics import MetricsInterceptor, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +78,75 @@ async def wait_for_shutdown_signal() -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutdown signal received")
+
+
+class Component(Protocol):
+    """Anything a service starts before serving and stops after."""
+
+    async def start(self) -> None:
+        """Start."""
+
+    async def stop(self) -> None:
+        """Stop gracefully."""
+
+
+class GrpcService:
+    """A grpc.aio server and its components: started in order, stopped in reverse.
+
+    ``start`` starts the components, binds the port, serves, and reports SERVING; ``stop``
+    reports NOT_SERVING, lets in-flight RPCs finish within the grace period, then stops the
+    components last-started first. Both are idempotent; ``async with`` works too.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        server: grpc.aio.Server,
+        service_names: Iterable[str],
+        components: list[Component],
+        *,
+        address: str,
+        metrics_port: int,
+        grace_seconds: float,
+    ) -> None:
+        self.name = name
+        self.server = server
+        self.service_names = list(service_names)
+        self.health = add_health_and_reflection(server, self.service_names)
+        self.port = 0
+        self._components = components
+        self._address = address
+        self._metrics_port = metrics_port
+        self._grace = grace_seconds
+        self._started = False
+
+    async def start(self) -> None:
+        """Start the components, then serve."""
+        if self._started:
+            return
+        self._started = True
+        for component in self._components:
+            await component.start()
+        self.port = self.server.add_insecure_port(self._address)
+        await self.server.start()
+        serve_metrics(self._metrics_port)
+        await set_health(self.health, self.service_names, serving=True)
+        log.info("%s serving on %s (port %d)", self.name, self._address, self.port)
+
+    async def stop(self) -> None:
+        """NOT_SERVING, drain RPCs, then stop the components in reverse order."""
+        if not self._started:
+            return
+        self._started = False
+        await set_health(self.health, self.service_names, serving=False)
+        await self.server.stop(self._grace)
+        for component in reversed(self._components):
+            await component.stop()
+        log.info("%s stopped", self.name)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
