@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/waiting/v1/*.proto)
 
-.PHONY: help setup proto run demo bench smoke go-tools buf-lint migrate test test-sqlite test-postgres lint format broker postgres stop clean
+.PHONY: help setup proto run demo bench bench-ghz smoke go-tools buf-lint migrate test test-sqlite test-postgres lint format broker postgres stop clean
 
 help:
 	@echo "make run      set up (venv, stubs, broker jars) and run broker + token_api + activator"
@@ -47,6 +47,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m tools.bench $(BENCH_ARGS)
+
+bench-ghz: setup
+	test -x "$$(go env GOPATH)/bin/ghz" || go install github.com/bojand/ghz/cmd/ghz@v0.120.0
+	$(BIN)/python -m tools.bench_ghz $(GHZ_ARGS)
 
 go-tools:
 	scripts/go_tools.sh
