@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -90,6 +91,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--token-api", default="127.0.0.1:50051")
     parser.add_argument("--activator", default="127.0.0.1:50052")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("ADMIN_TOKEN", "dev-admin-token"),
+        help="ScheduleService bearer credential (default: make run's)",
+    )
     return parser.parse_args(argv)
 
 
@@ -216,6 +222,7 @@ async def run_crowd(crowd: Crowd) -> None:
                 pending_ttl_seconds=args.pending_ttl,
             )
         ),
+        metadata=(("authorization", f"Bearer {args.admin_token}"),),
         timeout=10,
     )
     rng = random.Random(args.seed)
@@ -344,7 +351,12 @@ def system_for(args: argparse.Namespace) -> Iterator[None]:
     started_broker = start_broker(9092, data_dir)
     database_url = f"sqlite+aiosqlite:///{ROOT / '.run' / 'waiting-room.sqlite3'}"
     migrate(database_url)
-    cluster = Cluster(database_url, "127.0.0.1:9092", ROOT / ".run" / "demo-logs")
+    cluster = Cluster(
+        database_url,
+        "127.0.0.1:9092",
+        ROOT / ".run" / "demo-logs",
+        extra_env={"ADMIN_TOKEN": args.admin_token},
+    )
     try:
         cluster.start("token_api", token_port)
         cluster.start("activator", activator_port)
