@@ -258,7 +258,11 @@ async def check_invariants(crowd: Crowd) -> list[tuple[str, bool, str]]:
         finals[outcome.token_id] = reply.token
         outcome.final_status = reply.token.status
     admitted = [t for t in finals.values() if t.HasField("activated_at")]
-    by_issue = sorted(admitted, key=lambda t: (t.issued_at.ToNanoseconds(), t.token_id))
+    # Tokens issued in one group commit share an issue time; among those the line's order is
+    # not visible to a client, so ties are ordered by activation.
+    by_issue = sorted(
+        admitted, key=lambda t: (t.issued_at.ToNanoseconds(), t.activated_at.ToNanoseconds())
+    )
     activation_order = [t.activated_at.ToNanoseconds() for t in by_issue]
     stuck = [t for t in finals.values() if t.status in (PENDING, ACTIVE)]
     changed = [o for o in crowd.outcomes if len(o.activated_at_seen) > 1]
