@@ -19,9 +19,9 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from rich.console import Console
@@ -43,6 +43,7 @@ from waiting.v1 import (
     token_service_pb2 as ts,
 )
 
+T = TypeVar("T")
 EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - grpc-stubs does not know it
 ACTIVE = token_pb2.TOKEN_STATUS_ACTIVE
 PENDING = token_pb2.TOKEN_STATUS_PENDING
@@ -117,10 +118,9 @@ async def run_user(crowd: Crowd, outcome: Outcome, delay: float, rng: random.Ran
         return  # never asks again: the pending TTL (or the active TTL) removes it
     if outcome.role == "give-up":
         await asyncio.sleep(rng.uniform(0.5, 3.0))
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await crowd.tokens.CancelToken(
-                ts.CancelTokenRequest(token_id=outcome.token_id), timeout=10
-            )
+        cancel = ts.CancelTokenRequest(token_id=outcome.token_id)
+        with contextlib.suppress(grpc.aio.AioRpcError):  # admitted meanwhile, or expired
+            await with_retry(crowd, lambda: crowd.tokens.CancelToken(cancel, timeout=10))
         return
     if await watch_until_admitted(crowd, outcome):
         await act_once_admitted(crowd, outcome, rng)
@@ -129,19 +129,25 @@ async def run_user(crowd: Crowd, outcome: Outcome, delay: float, rng: random.Ran
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-async def issue_with_retry(crowd: Crowd, user_id: str) -> ts.IssueTokenResponse:
-    """IssueToken as a well-behaved client does it: retried with back-off, safe since it is
-    idempotent (I5)."""
-    request = ts.IssueTokenRequest(user_id=user_id, schedule_id=crowd.args.schedule_id)
+async def with_retry(crowd: Crowd, call: Callable[[], Awaitable[T]]) -> T:
+    """A call as a well-behaved client makes it: retried with back-off and jitter on
+    UNAVAILABLE or a missed deadline. Safe for every call the demo makes: issue, complete
+    and cancel are idempotent."""
     for attempt in range(8):
         try:
-            return await crowd.tokens.IssueToken(request, timeout=10)
+            return await call()
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in RETRYABLE or attempt == 7:
                 raise
             crowd.retries += 1
             await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
     raise AssertionError("unreachable")
+
+
+async def issue_with_retry(crowd: Crowd, user_id: str) -> ts.IssueTokenResponse:
+    """IssueToken, retried (I5 makes that safe)."""
+    request = ts.IssueTokenRequest(user_id=user_id, schedule_id=crowd.args.schedule_id)
+    return await with_retry(crowd, lambda: crowd.tokens.IssueToken(request, timeout=10))
 
 
 async def watch_until_admitted(crowd: Crowd, outcome: Outcome) -> bool:
@@ -167,13 +173,11 @@ async def act_once_admitted(crowd: Crowd, outcome: Outcome, rng: random.Random) 
     await asyncio.sleep(rng.uniform(0.2, crowd.args.active_ttl * 0.8))
     try:
         if outcome.role == "complete":
-            await crowd.tokens.CompleteToken(
-                ts.CompleteTokenRequest(token_id=outcome.token_id), timeout=10
-            )
+            complete = ts.CompleteTokenRequest(token_id=outcome.token_id)
+            await with_retry(crowd, lambda: crowd.tokens.CompleteToken(complete, timeout=10))
         elif outcome.role == "cancel":
-            await crowd.tokens.CancelToken(
-                ts.CancelTokenRequest(token_id=outcome.token_id), timeout=10
-            )
+            cancel = ts.CancelTokenRequest(token_id=outcome.token_id)
+            await with_retry(crowd, lambda: crowd.tokens.CancelToken(cancel, timeout=10))
     except grpc.aio.AioRpcError as exc:
         # Too slow: the active TTL ran out first. That is the service working as designed.
         if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
