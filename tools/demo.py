@@ -74,6 +74,7 @@ class Crowd:
     outcomes: list[Outcome] = field(default_factory=list)
     max_active_seen: int = 0
     retries: int = 0
+    watch_reopens: int = 0
     last_status: qs.GetQueueStatusResponse | None = None
 
 
@@ -151,7 +152,20 @@ async def issue_with_retry(crowd: Crowd, user_id: str) -> ts.IssueTokenResponse:
 
 
 async def watch_until_admitted(crowd: Crowd, outcome: Outcome) -> bool:
-    """Follow WatchToken until ACTIVE (True) or the stream ends (False)."""
+    """Follow WatchToken until ACTIVE (True) or the token leaves the line (False); a broken
+    stream is opened again, as a real client would."""
+    for _ in range(10):
+        try:
+            return await _watch_once(crowd, outcome)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (*RETRYABLE, grpc.StatusCode.CANCELLED):
+                raise
+            crowd.watch_reopens += 1
+            await asyncio.sleep(0.2)
+    return False
+
+
+async def _watch_once(crowd: Crowd, outcome: Outcome) -> bool:
     stream: Any = crowd.queue.WatchToken(
         qs.WatchTokenRequest(token_id=outcome.token_id), timeout=600
     )
@@ -341,7 +355,10 @@ def print_summary(console: Console, crowd: Crowd, checks: list[tuple[str, bool, 
             f"median {statistics.median(eta_errors):.2f}s, "
             f"p90 {percentile(eta_errors, 0.9):.2f}s over {len(eta_errors)} users"
         )
-    console.print(f"  IssueToken retries (UNAVAILABLE or deadline): {crowd.retries}")
+    console.print(
+        f"  retried calls (UNAVAILABLE or deadline): {crowd.retries}; "
+        f"watch streams reopened: {crowd.watch_reopens}"
+    )
     for name, ok, evidence in checks:
         console.print(f"  {'[green]PASS[/green]' if ok else '[red]FAIL[/red]'} {name}: {evidence}")
     return all(ok for _, ok, _ in checks)
