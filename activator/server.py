@@ -39,8 +39,8 @@ class Activator(serving.GrpcService):
             topics=topics,
             partitions=settings.topic_partitions,
         )
-        self.hub = WatchHub(self.read_database)
         self.seen = SeenTokens(self.database)
+        self.hub = WatchHub(self.read_database, self.seen)
         self.admitter = Admitter(self.database, topics)
         self.admitter.subscribe(lambda _: self.relay.wake())
         self.admitter.subscribe(self.hub.on_settlement)

@@ -23,6 +23,7 @@ from waiting_core import repository
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import TokenNotFound, Unavailable
+from waiting_core.seen import SeenTokens
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,14 @@ class WatchHub(BackgroundWorker):
     name = "watch-hub"
 
     def __init__(
-        self, database: Database, status_interval: float = 0.05, position_interval: float = 1.0
+        self,
+        database: Database,
+        seen: SeenTokens,
+        status_interval: float = 0.05,
+        position_interval: float = 1.0,
     ) -> None:
         self._database = database
+        self._seen = seen
         self._status_interval = status_interval
         self._position_interval = position_interval
         self._watchers: dict[str, set[_Watcher]] = {}
@@ -69,6 +75,7 @@ class WatchHub(BackgroundWorker):
         async with self._database.transaction(read_only=True) as session:
             token = await repository.get_token(session, token_id)
             view = (await read_token_views(session, [token], now))[token_id]
+        self._seen.note(token_id)
         watcher = _Watcher(view, token.status)
         self._watchers.setdefault(token_id, set()).add(watcher)
         try:
@@ -120,12 +127,13 @@ class WatchHub(BackgroundWorker):
         now = datetime.now(UTC)
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            async with self._database.transaction(read_only=not with_positions) as session:
+            async with self._database.transaction(read_only=True) as session:
                 tokens = await repository.find_tokens(session, chunk)
                 self.polls += 1
                 if with_positions:
-                    pending = [t.token_id for t in tokens if t.status == TokenStatus.PENDING]
-                    await repository.touch_tokens(session, pending, now)
+                    for token in tokens:
+                        if token.status == TokenStatus.PENDING:
+                            self._seen.note(token.token_id)  # a watcher is not abandoning
                     views = await read_token_views(session, tokens, now)
                 else:
                     changed = [t for t in tokens if self._status_changed(t.token_id, t.status)]
