@@ -128,16 +128,16 @@ class WatchHub(BackgroundWorker):
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             async with self._database.transaction(read_only=True) as session:
-                tokens = await repository.find_tokens(session, chunk)
                 self.polls += 1
-                if with_positions:
-                    for token in tokens:
-                        if token.status == TokenStatus.PENDING:
-                            self._seen.note(token.token_id)  # a watcher is not abandoning
-                    views = await read_token_views(session, tokens, now)
-                else:
-                    changed = [t for t in tokens if self._status_changed(t.token_id, t.status)]
-                    views = await read_token_views(session, changed, now)
+                if not with_positions:
+                    # The frequent poll reads two columns; only changed tokens are loaded.
+                    statuses = await repository.token_statuses(session, chunk)
+                    chunk = [i for i, s in statuses.items() if self._status_changed(i, s)]
+                tokens = await repository.find_tokens(session, chunk)
+                for token in tokens:
+                    if token.status == TokenStatus.PENDING:
+                        self._seen.note(token.token_id)  # a watcher is not abandoning
+                views = await read_token_views(session, tokens, now)
             for token in tokens:
                 view = views.get(token.token_id)
                 if view is not None:

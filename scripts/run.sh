@@ -10,12 +10,13 @@ pids=()
 
 cleanup() {
   trap - INT TERM EXIT
+  trap '' PIPE  # `make run | tee log` loses its reader on Ctrl-C; still stop everything
   echo
-  echo "run.sh: stopping the services and the broker..."
+  echo "run.sh: stopping the services and the broker..." 2>/dev/null || true
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ "${started_broker:-0}" = 1 ]; then scripts/kafka.sh stop; fi
-  echo "run.sh: stopped."
+  echo "run.sh: stopped." 2>/dev/null || true
 }
 trap cleanup INT TERM EXIT
 

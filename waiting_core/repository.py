@@ -389,6 +389,14 @@ async def find_tokens(session: AsyncSession, token_ids: Sequence[str]) -> Sequen
     return (await session.execute(stmt)).scalars().all()
 
 
+async def token_statuses(session: AsyncSession, token_ids: Sequence[str]) -> dict[str, TokenStatus]:
+    """The status of each of these tokens (missing ones are left out), without loading rows."""
+    if not token_ids:
+        return {}
+    stmt = select(TokenRow.token_id, TokenRow.status).where(TokenRow.token_id.in_(token_ids))
+    return {row.token_id: row.status for row in (await session.execute(stmt)).all()}
+
+
 async def departed_seqs(
     session: AsyncSession, schedule_id: int, after_seq: int, before_seq: int
 ) -> Sequence[int]:
