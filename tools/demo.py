@@ -61,6 +61,8 @@ class Outcome:
     first_eta: int | None = None
     activated_at_seen: set[int] = field(default_factory=set)
     final_status: int = 0
+    tokens: Any = None  # the user's own TokenService stub (on one of several connections)
+    queue: Any = None  # the user's own QueueStatusService stub
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Crowd:
     schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub
     queue: queue_status_service_pb2_grpc.QueueStatusServiceAsyncStub
     outcomes: list[Outcome] = field(default_factory=list)
+    user_stubs: list[tuple[Any, Any]] = field(default_factory=list)
     max_active_seen: int = 0
     retries: int = 0
     watch_reopens: int = 0
@@ -113,7 +116,7 @@ async def run_user(crowd: Crowd, outcome: Outcome, delay: float, rng: random.Ran
     """One user's life: arrive, watch, act."""
     await asyncio.sleep(delay)
     outcome.issued_at = time.monotonic()
-    reply = await issue_with_retry(crowd, outcome.user_id)
+    reply = await issue_with_retry(crowd, outcome)
     outcome.token_id = reply.token.token_id
     if outcome.role == "abandon":
         return  # never asks again: the pending TTL (or the active TTL) removes it
@@ -121,7 +124,7 @@ async def run_user(crowd: Crowd, outcome: Outcome, delay: float, rng: random.Ran
         await asyncio.sleep(rng.uniform(0.5, 3.0))
         cancel = ts.CancelTokenRequest(token_id=outcome.token_id)
         with contextlib.suppress(grpc.aio.AioRpcError):  # admitted meanwhile, or expired
-            await with_retry(crowd, lambda: crowd.tokens.CancelToken(cancel, timeout=10))
+            await with_retry(crowd, lambda: outcome.tokens.CancelToken(cancel, timeout=10))
         return
     if await watch_until_admitted(crowd, outcome):
         await act_once_admitted(crowd, outcome, rng)
@@ -145,10 +148,13 @@ async def with_retry(crowd: Crowd, call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
-async def issue_with_retry(crowd: Crowd, user_id: str) -> ts.IssueTokenResponse:
+async def issue_with_retry(crowd: Crowd, outcome: Outcome) -> ts.IssueTokenResponse:
     """IssueToken, retried (I5 makes that safe)."""
-    request = ts.IssueTokenRequest(user_id=user_id, schedule_id=crowd.args.schedule_id)
-    return await with_retry(crowd, lambda: crowd.tokens.IssueToken(request, timeout=10))
+    request = ts.IssueTokenRequest(user_id=outcome.user_id, schedule_id=crowd.args.schedule_id)
+    reply: ts.IssueTokenResponse = await with_retry(
+        crowd, lambda: outcome.tokens.IssueToken(request, timeout=10)
+    )
+    return reply
 
 
 async def watch_until_admitted(crowd: Crowd, outcome: Outcome) -> bool:
@@ -166,7 +172,7 @@ async def watch_until_admitted(crowd: Crowd, outcome: Outcome) -> bool:
 
 
 async def _watch_once(crowd: Crowd, outcome: Outcome) -> bool:
-    stream: Any = crowd.queue.WatchToken(
+    stream: Any = outcome.queue.WatchToken(
         qs.WatchTokenRequest(token_id=outcome.token_id), timeout=600
     )
     try:
@@ -188,10 +194,10 @@ async def act_once_admitted(crowd: Crowd, outcome: Outcome, rng: random.Random) 
     try:
         if outcome.role == "complete":
             complete = ts.CompleteTokenRequest(token_id=outcome.token_id)
-            await with_retry(crowd, lambda: crowd.tokens.CompleteToken(complete, timeout=10))
+            await with_retry(crowd, lambda: outcome.tokens.CompleteToken(complete, timeout=10))
         elif outcome.role == "cancel":
             cancel = ts.CancelTokenRequest(token_id=outcome.token_id)
-            await with_retry(crowd, lambda: crowd.tokens.CancelToken(cancel, timeout=10))
+            await with_retry(crowd, lambda: outcome.tokens.CancelToken(cancel, timeout=10))
     except grpc.aio.AioRpcError as exc:
         # Too slow: the active TTL ran out first. That is the service working as designed.
         if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
@@ -246,6 +252,8 @@ async def run_crowd(crowd: Crowd) -> None:
     rng = random.Random(args.seed)
     roles = assign_roles(args, rng)
     crowd.outcomes = [Outcome(f"demo-user-{i}", role) for i, role in enumerate(roles)]
+    for i, outcome in enumerate(crowd.outcomes):
+        outcome.tokens, outcome.queue = crowd.user_stubs[i % len(crowd.user_stubs)]
     delays = sorted(rng.uniform(0, args.arrival_seconds) for _ in roles)
     tasks = [
         asyncio.create_task(run_user(crowd, o, d, random.Random(rng.random())))
@@ -392,17 +400,37 @@ def system_for(args: argparse.Namespace) -> Iterator[None]:
             stop_broker(9092, data_dir)
 
 
+USERS_PER_CONNECTION = 200
+
+
 async def amain(args: argparse.Namespace) -> bool:
     """Run the crowd and report."""
-    async with (
-        grpc.aio.insecure_channel(args.token_api) as token_channel,
-        grpc.aio.insecure_channel(args.activator) as activator_channel,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        # Real users do not share one HTTP/2 connection; a few thousand calls in flight on one
+        # channel also exceed what a single gRPC connection carries (they come back CANCELLED).
+        connections = max(1, -(-args.users // USERS_PER_CONNECTION))
+        pairs = []
+        for k in range(connections):
+            options = [("grpc.channel_id", k)]  # a distinct argument: a distinct connection
+            token_channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(args.token_api, options=options)
+            )
+            activator_channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(args.activator, options=options)
+            )
+            pairs.append((token_channel, activator_channel))
         crowd = Crowd(
             args,
-            token_service_pb2_grpc.TokenServiceStub(token_channel),
-            schedule_service_pb2_grpc.ScheduleServiceStub(token_channel),
-            queue_status_service_pb2_grpc.QueueStatusServiceStub(activator_channel),
+            token_service_pb2_grpc.TokenServiceStub(pairs[0][0]),
+            schedule_service_pb2_grpc.ScheduleServiceStub(pairs[0][0]),
+            queue_status_service_pb2_grpc.QueueStatusServiceStub(pairs[0][1]),
+            user_stubs=[
+                (
+                    token_service_pb2_grpc.TokenServiceStub(t),
+                    queue_status_service_pb2_grpc.QueueStatusServiceStub(a),
+                )
+                for t, a in pairs
+            ],
         )
         await run_crowd(crowd)
         checks = await check_invariants(crowd)
