@@ -93,6 +93,9 @@ def upgrade() -> None:
         sa.Column("event_type", sa.String(128), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
+        # Never reuse an id: relays delete published rows by id, and SQLite would otherwise
+        # hand a deleted row's id to the next event while another relay still holds it.
+        sqlite_autoincrement=True,
     )
 
 
