@@ -157,7 +157,8 @@ class OutboxRow(Base):
     """An event written with the change it announces, published to Kafka by the relay."""
 
     __tablename__ = "outbox"
-    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused (relays delete by id)
+    # Ids are never reused: relays delete published rows by id.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     topic: Mapped[str] = mapped_column(String(249))
