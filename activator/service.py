@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from activator.status import read_queue_view, read_token_view
+from activator.status import read_queue_view, token_view
 from activator.watch import WatchHub
 from waiting.v1 import queue_status_service_pb2 as pb
 from waiting.v1 import queue_status_service_pb2_grpc
@@ -47,8 +47,8 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
         token_id = domain.validate_token_id(request.token_id)
         now = datetime.now(UTC)
         async with self._database.transaction(read_only=True) as session:
-            token = await repository.get_token(session, token_id)
-            view = await read_token_view(session, token, now)
+            found = await repository.read_token_in_line(session, token_id)
+        view = token_view(found.token, found.position, found.schedule, now)
         self._seen.note(token_id)
         return pb.GetTokenStatusResponse(
             token=view.token,

@@ -57,14 +57,6 @@ def token_view(
     return TokenView(token_to_proto(token, position), wait)
 
 
-async def read_token_view(session: AsyncSession, token: TokenRow, now: datetime) -> TokenView:
-    """Position and wait of one token (one index-range count for a PENDING one)."""
-    schedule = await repository.get_schedule(session, token.schedule_id)
-    head = schedule.head_seq if schedule else 0
-    position = await repository.position_of(session, token, head)
-    return token_view(token, position, schedule, now)
-
-
 async def read_queue_view(session: AsyncSession, schedule_id: int, now: datetime) -> QueueView:
     """Counts of a schedule (from its counters, not by counting rows) and a newcomer's wait."""
     row = await repository.get_schedule(session, schedule_id)

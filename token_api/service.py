@@ -59,10 +59,9 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.GetTokenResponse:
         token_id = domain.validate_token_id(request.token_id)
         async with self._database.transaction(read_only=True) as session:
-            token = await repository.get_token(session, token_id)
-            position = await repository.current_position(session, token)
+            found = await repository.read_token_in_line(session, token_id)
         self._seen.note(token_id)
-        return pb.GetTokenResponse(token=token_to_proto(token, position))
+        return pb.GetTokenResponse(token=token_to_proto(found.token, found.position))
 
     async def ValidateToken(
         self, request: pb.ValidateTokenRequest, context: Context
@@ -70,15 +69,15 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         token_id = domain.validate_token_id(request.token_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
         async with self._database.transaction(read_only=True) as session:
-            token = await repository.get_token(session, token_id)
-            position = await repository.current_position(session, token)
+            found = await repository.read_token_in_line(session, token_id)
+        token = found.token
         active = (
             token.status == TokenStatus.ACTIVE
             and token.schedule_id == schedule_id
             and token.expires_at is not None
             and token.expires_at > utc_now()
         )
-        return pb.ValidateTokenResponse(active=active, token=token_to_proto(token, position))
+        return pb.ValidateTokenResponse(active=active, token=token_to_proto(token, found.position))
 
     async def CompleteToken(
         self, request: pb.CompleteTokenRequest, context: Context

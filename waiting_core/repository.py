@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from waiting_core import domain
 from waiting_core.domain import ScheduleSettings, TokenStatus
@@ -213,30 +214,54 @@ async def admit_oldest(
     return admitted
 
 
-async def position_of(session: AsyncSession, token: TokenRow, head_seq: int) -> int:
-    """The token's 1-based place among PENDING tokens, or 0 when it is not pending.
+@dataclass(frozen=True, slots=True)
+class TokenInLine:
+    """A token with its schedule's row (None if never configured) and its position."""
 
-    Counts only the tokens that left the line between the head and this token (an index
-    range on ``ix_tokens_departed``), never the tokens still waiting.
+    token: TokenRow
+    schedule: ScheduleRow | None
+    position: int
+
+
+_DEPARTED_ALIAS = aliased(TokenRow, name="departed")
+_ALIAS_DEPARTED = text(
+    "departed.status IN ('CANCELLED', 'EXPIRED') AND departed.activated_at IS NULL"
+)
+
+
+async def read_token_in_line(session: AsyncSession, token_id: str) -> TokenInLine:
+    """The token, its schedule and its position in one statement; TokenNotFound otherwise.
+
+    A PENDING token's position counts only the tokens that left the line between the head
+    and it (an index range on ``ix_tokens_departed``), never the tokens still waiting.
     """
-    if token.status != TokenStatus.PENDING:
-        return 0
-    departed = select(func.count()).where(
-        TokenRow.schedule_id == token.schedule_id,
-        TokenRow.seq > head_seq,
-        TokenRow.seq < token.seq,
-        _DEPARTED,
+    head = func.coalesce(ScheduleRow.head_seq, 0)
+    departed = (
+        select(func.count())
+        .select_from(_DEPARTED_ALIAS)
+        .where(
+            _DEPARTED_ALIAS.schedule_id == TokenRow.schedule_id,
+            _DEPARTED_ALIAS.seq > head,
+            _DEPARTED_ALIAS.seq < TokenRow.seq,
+            _ALIAS_DEPARTED,
+        )
+        .scalar_subquery()
     )
-    count = (await session.execute(departed)).scalar_one()
-    return domain.pending_position(token.seq, head_seq, count)
-
-
-async def current_position(session: AsyncSession, token: TokenRow) -> int:
-    """The token's position, reading its schedule's head; 0 when it is not pending."""
-    if token.status != TokenStatus.PENDING:
-        return 0
-    schedule = await get_schedule(session, token.schedule_id)
-    return await position_of(session, token, schedule.head_seq if schedule else 0)
+    stmt = (
+        select(TokenRow, ScheduleRow, departed)
+        .outerjoin(ScheduleRow, ScheduleRow.schedule_id == TokenRow.schedule_id)
+        .where(TokenRow.token_id == token_id)
+        .execution_options(populate_existing=True)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        raise TokenNotFound(token_id)
+    token, schedule, departed_count = row
+    position = 0
+    if token.status == TokenStatus.PENDING:
+        head_seq = schedule.head_seq if schedule is not None else 0
+        position = domain.pending_position(token.seq, head_seq, departed_count)
+    return TokenInLine(token, schedule, position)
 
 
 async def release_token(
