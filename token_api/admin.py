@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from token_api.service import Context, utc_now
+from token_api.service import Context
 from waiting.v1 import schedule_service_pb2 as pb
 from waiting.v1 import schedule_service_pb2_grpc
 from waiting_core import domain, repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import InvalidArgument
 from waiting_core.events import Topics, outbox_row, slots_freed_event

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import grpc
 
 from token_api.issuing import IssueBatcher
 from waiting.v1 import token_service_pb2 as pb
 from waiting.v1 import token_service_pb2_grpc
 from waiting_core import domain, metrics, repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import (
@@ -24,11 +23,6 @@ from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 
 Context = grpc.aio.ServicerContext[object, object]
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(UTC)
 
 
 class TokenService(token_service_pb2_grpc.TokenServiceServicer):

@@ -241,13 +241,7 @@ class Bench:
         db: Database,
     ) -> None:
         schedule_id = random.randrange(10**9)
-        await schedules.UpsertSchedule(
-            schedule_service_pb2.UpsertScheduleRequest(
-                schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, capacity=1_000_000)
-            ),
-            metadata=AUTH,
-            timeout=10,
-        )
+        await self._set_capacity(schedules, schedule_id, 1_000_000)
         rate, count = self.args.rate, int(self.args.rate * self.args.seconds)
         start = time.perf_counter()
         calls: list[asyncio.Task[Any]] = []

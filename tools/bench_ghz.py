@@ -13,24 +13,15 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from tools.bench import echo_server
-from tools.system import ROOT, Cluster, migrate, start_broker, stop_broker
+from tools.system import ROOT, Cluster, go_bin, migrate, start_broker, stop_broker
 from waiting.v1 import schedule_service_pb2, schedule_service_pb2_grpc
 
-GHZ = (
-    Path(
-        subprocess.run(
-            ["go", "env", "GOPATH"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    / "bin"
-    / "ghz"
-)
+GHZ = go_bin() / "ghz"
 ADMIN = "bench-admin"
 
 

@@ -15,18 +15,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from tools.system import ROOT, wait_serving
+from tools.system import ROOT, go_bin, wait_serving
 
-GO_BIN = (
-    Path(
-        subprocess.run(
-            ["go", "env", "GOPATH"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    / "bin"
-)
+GO_BIN = go_bin()
 PLACEHOLDER = "<token_id from above>"
 
 

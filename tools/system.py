@@ -54,6 +54,12 @@ def wait_serving(address: str, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
+def go_bin() -> Path:
+    """Where ``go install`` puts binaries (grpcurl, grpc-health-probe, buf, ghz)."""
+    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True, check=True)
+    return Path(gopath.stdout.strip()) / "bin"
+
+
 def wait_listening(port: int, timeout: float = 30.0) -> None:
     """Block until something accepts connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout

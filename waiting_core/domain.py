@@ -130,11 +130,6 @@ _RELEASE_SOURCES: dict[TokenStatus, tuple[TokenStatus, ...]] = {
 }
 
 
-def release_sources(target: TokenStatus) -> tuple[TokenStatus, ...]:
-    """The statuses from which a client may move a token to ``target``."""
-    return _RELEASE_SOURCES[target]
-
-
 def check_release(current: TokenStatus, target: TokenStatus) -> bool:
     """True when the move to ``target`` must happen, False when it already has.
 

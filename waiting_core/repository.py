@@ -317,11 +317,6 @@ async def delete_outbox_events(session: AsyncSession, ids: Sequence[int]) -> Non
         )
 
 
-async def outbox_backlog(session: AsyncSession) -> int:
-    """How many events wait to be published."""
-    return (await session.execute(select(func.count()).select_from(OutboxRow))).scalar_one()
-
-
 # --- sweeps ------------------------------------------------------------------------------
 
 
