@@ -76,13 +76,13 @@ class Admitter:
             _record_admissions(schedule, len(admitted), now)
             for rows in (
                 state_changed_rows(
-                    self._topics.events, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
+                    self._topics, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
                 ),
                 state_changed_rows(
-                    self._topics.events, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
+                    self._topics, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
                 ),
                 state_changed_rows(
-                    self._topics.events, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
+                    self._topics, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
                 ),
             ):
                 session.add_all(rows)

@@ -14,7 +14,8 @@ async def test_outbox_ids_are_never_reused(system: System, schedule_id: int) -> 
     now = datetime.now(UTC)
 
     def event() -> object:
-        return outbox_row("t", schedule_id, slots_freed_event(schedule_id, "test", now), now)
+        event = slots_freed_event(schedule_id, "test", now)
+        return outbox_row("t", schedule_id, event, now, "token_api")
 
     async with database.transaction() as session:
         first = event()

@@ -60,7 +60,9 @@ async def test_concurrent_admissions_on_one_schedule_respect_capacity(
     await set_capacity(system, schedule_id, 19)
     async with Database(system.activator_settings.database_url) as database:
         settings = system.activator_settings
-        admitter = Admitter(database, Topics(settings.waiting_topic, settings.events_topic))
+        admitter = Admitter(
+            database, Topics(settings.waiting_topic, settings.events_topic, origin="activator")
+        )
         admitted = await asyncio.gather(*(admitter.admit(schedule_id) for _ in range(10)))
 
     assert sum(admitted) <= 12

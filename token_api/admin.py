@@ -34,7 +34,10 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
             if wanted.capacity > before.capacity:
                 event = slots_freed_event(wanted.schedule_id, "capacity", now)
                 await repository.add_outbox_event(
-                    session, outbox_row(self._topics.waiting, wanted.schedule_id, event, now)
+                    session,
+                    outbox_row(
+                        self._topics.waiting, wanted.schedule_id, event, now, self._topics.origin
+                    ),
                 )
         self._relay.wake()
         return pb.UpsertScheduleResponse(schedule=schedule_to_proto(wanted))

@@ -113,7 +113,9 @@ class IssueBatcher(BackgroundWorker):
         for token in repository.append_pending_tokens(session, schedule, newcomers, now):
             live[token.user_id] = token
             event = create_token_event(token.token_id, token.user_id, schedule_id, now)
-            session.add(outbox_row(self._topics.waiting, schedule_id, event, now))
+            session.add(
+                outbox_row(self._topics.waiting, schedule_id, event, now, self._topics.origin)
+            )
         self._counts.append(
             (schedule_id, len(newcomers), schedule.pending_count, schedule.active_count)
         )

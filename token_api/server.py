@@ -34,7 +34,9 @@ class TokenApi(serving.GrpcService):
 
     def __init__(self, settings: TokenApiSettings) -> None:
         self.settings = settings
-        topics = Topics(waiting=settings.waiting_topic, events=settings.events_topic)
+        topics = Topics(
+            waiting=settings.waiting_topic, events=settings.events_topic, origin="token_api"
+        )
         self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
         self.relay = OutboxRelay(
             self.database,

@@ -92,15 +92,14 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
             release = await repository.release_token(session, token_id, target, now)
             if release.changed:
                 session.add_all(
-                    state_changed_rows(
-                        self._topics.events, [release.token], release.previous, target, now
-                    )
+                    state_changed_rows(self._topics, [release.token], release.previous, target, now)
                 )
             if release.freed_slot:
                 schedule_id = release.token.schedule_id
                 event = slots_freed_event(schedule_id, target.value.lower(), now)
                 await repository.add_outbox_event(
-                    session, outbox_row(self._topics.waiting, schedule_id, event, now)
+                    session,
+                    outbox_row(self._topics.waiting, schedule_id, event, now, self._topics.origin),
                 )
         if release.changed:
             self._relay.wake()

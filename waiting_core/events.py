@@ -39,6 +39,9 @@ class Topics:
 
     waiting: str = "waiting-token"
     events: str = "token-events"
+    # Which service writes through this outbox: each service's relay publishes only its own
+    # rows, so the two relays sharing the table never send the same event twice.
+    origin: str = "token_api"
 
     @property
     def dead_letter(self) -> str:
@@ -58,9 +61,12 @@ def schedule_key(schedule_id: int) -> bytes:
     return str(schedule_id).encode()
 
 
-def outbox_row(topic: str, schedule_id: int, message: Message, now: datetime) -> OutboxRow:
-    """An outbox row carrying ``message`` to ``topic``, keyed by schedule."""
+def outbox_row(
+    topic: str, schedule_id: int, message: Message, now: datetime, origin: str
+) -> OutboxRow:
+    """A row carrying ``message`` to ``topic``, keyed by schedule, for ``origin``'s relay."""
     return OutboxRow(
+        origin=origin,
         topic=topic,
         key=schedule_key(schedule_id),
         event_type=message.DESCRIPTOR.full_name,
@@ -84,7 +90,7 @@ def slots_freed_event(schedule_id: int, reason: str, at: datetime) -> events_pb2
 
 
 def state_changed_rows(
-    topic: str,
+    topics: Topics,
     tokens: Sequence[TokenRow],
     from_status: TokenStatus,
     to_status: TokenStatus,
@@ -94,7 +100,7 @@ def state_changed_rows(
     stamp = timestamp(at)
     return [
         outbox_row(
-            topic,
+            topics.events,
             token.schedule_id,
             events_pb2.TokenStateChangedEvent(
                 token_id=token.token_id,
@@ -105,6 +111,7 @@ def state_changed_rows(
                 at=stamp,
             ),
             at,
+            topics.origin,
         )
         for token in tokens
     ]

@@ -158,9 +158,10 @@ class OutboxRow(Base):
 
     __tablename__ = "outbox"
     # Ids are never reused: relays delete published rows by id.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    __table_args__ = (Index("ix_outbox_origin", "origin", "id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    origin: Mapped[str] = mapped_column(String(32))
     topic: Mapped[str] = mapped_column(String(249))
     key: Mapped[bytes] = mapped_column(LargeBinary)
     event_type: Mapped[str] = mapped_column(String(128))

@@ -90,7 +90,9 @@ class OutboxRelay(BackgroundWorker):
         sent = 0
         while True:
             async with self._database.transaction(read_only=True) as session:
-                rows = list(await repository.oldest_outbox_events(session, BATCH_SIZE))
+                rows = list(
+                    await repository.oldest_outbox_events(session, self._topics.origin, BATCH_SIZE)
+                )
             metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < BATCH_SIZE else BATCH_SIZE)
             if not rows:
                 return sent

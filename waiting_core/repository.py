@@ -303,9 +303,11 @@ async def add_outbox_event(session: AsyncSession, event: OutboxRow) -> None:
     session.add(event)
 
 
-async def oldest_outbox_events(session: AsyncSession, limit: int) -> Sequence[OutboxRow]:
-    """Up to ``limit`` unpublished events, oldest first."""
-    stmt = select(OutboxRow).order_by(OutboxRow.id).limit(limit)
+async def oldest_outbox_events(
+    session: AsyncSession, origin: str, limit: int
+) -> Sequence[OutboxRow]:
+    """Up to ``limit`` of ``origin``'s unpublished events, oldest first."""
+    stmt = select(OutboxRow).where(OutboxRow.origin == origin).order_by(OutboxRow.id).limit(limit)
     return (await session.execute(stmt)).scalars().all()
 
 

@@ -88,6 +88,7 @@ def upgrade() -> None:
             primary_key=True,
             autoincrement=True,
         ),
+        sa.Column("origin", sa.String(32), nullable=False),
         sa.Column("topic", sa.String(249), nullable=False),
         sa.Column("key", sa.LargeBinary(), nullable=False),
         sa.Column("event_type", sa.String(128), nullable=False),
@@ -97,6 +98,7 @@ def upgrade() -> None:
         # hand a deleted row's id to the next event while another relay still holds it.
         sqlite_autoincrement=True,
     )
+    op.create_index("ix_outbox_origin", "outbox", ["origin", "id"])
 
 
 def downgrade() -> None:
