@@ -108,7 +108,8 @@ class AdmissionConsumer:
     async def _run(self) -> None:
         await self._connect_with_retry()
         consumer = self._consumer
-        assert consumer is not None  # noqa: S101 - set by _connect_with_retry
+        if consumer is None:  # stopped before the broker was ever reached
+            return
         while not self._stopping.is_set():
             try:
                 batch = await consumer.getmany(timeout_ms=200, max_records=self._settings.max_batch)
