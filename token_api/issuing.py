@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from waiting_core import metrics, repository
+from waiting_core import domain, metrics, repository
 from waiting_core.database import Database
 from waiting_core.events import Topics, create_token_event, outbox_row
-from waiting_core.models import TokenRow
+from waiting_core.models import OutboxRow, TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.worker import BackgroundWorker
 
@@ -56,6 +56,7 @@ class IssueBatcher(BackgroundWorker):
         self._topics = topics
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._counts: list[tuple[int, int, int, int]] = []
+        self._events: list[OutboxRow] = []
         self.batches = 0
         super().__init__()
 
@@ -73,7 +74,7 @@ class IssueBatcher(BackgroundWorker):
             await asyncio.shield(self._write(batch))
 
     async def _write(self, batch: list[_Request]) -> None:
-        self._counts = []
+        self._counts, self._events = [], []
         try:
             async with self._database.transaction() as session:
                 results = await self._write_batch(session, batch)
@@ -83,7 +84,7 @@ class IssueBatcher(BackgroundWorker):
                     request.answer.set_exception(exc)
             return
         self.batches += 1
-        self._relay.wake()
+        self._relay.hand_over(self._events)
         for schedule_id, newcomers, pending, active in self._counts:
             metrics.TOKENS_ISSUED.labels(schedule_id).inc(newcomers)
             metrics.PENDING.labels(schedule_id).set(pending)
@@ -109,18 +110,36 @@ class IssueBatcher(BackgroundWorker):
         schedule = await repository.lock_schedule(session, schedule_id)
         now = datetime.now(UTC)  # under the lock, so issue times follow the line's order
         live = await repository.find_live_tokens(session, schedule_id, users)
+        returning = list(live.values())
+        positions = await repository.pending_positions(
+            session, schedule_id, schedule.head_seq, returning
+        )
         newcomers = [u for u in users if u not in live]
-        for token in repository.append_pending_tokens(session, schedule, newcomers, now):
+        pending_before = schedule.pending_count
+        fresh = repository.append_pending_tokens(session, schedule, newcomers, now)
+        for token, position in zip(
+            fresh, domain.tail_positions(pending_before, len(fresh)), strict=True
+        ):
             live[token.user_id] = token
-            event = create_token_event(token.token_id, token.user_id, schedule_id, now)
-            session.add(
-                outbox_row(self._topics.waiting, schedule_id, event, now, self._topics.origin)
-            )
+            positions[token.token_id] = position
+        self._announce(session, fresh, now)
         self._counts.append(
             (schedule_id, len(newcomers), schedule.pending_count, schedule.active_count)
         )
-        tokens = [live[u] for u in users]
-        positions = await repository.pending_positions(
-            session, schedule_id, schedule.head_seq, tokens
-        )
-        return [(t.user_id, Issued(t, positions[t.token_id])) for t in tokens]
+        return [(u, Issued(live[u], positions[live[u].token_id])) for u in users]
+
+    def _announce(self, session: AsyncSession, tokens: Sequence[TokenRow], now: datetime) -> None:
+        """A CreateTokenEvent per new token, in the outbox of this transaction."""
+        topics = self._topics
+        events = [
+            outbox_row(
+                topics.waiting,
+                t.schedule_id,
+                create_token_event(t.token_id, t.user_id, t.schedule_id, now),
+                now,
+                topics.origin,
+            )
+            for t in tokens
+        ]
+        session.add_all(events)
+        self._events.extend(events)

@@ -110,7 +110,10 @@ def _create_engine(url: str, pool_size: int, echo: bool) -> AsyncEngine:
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per transaction. A connection that died with
+        # the server fails its next use once; SQLAlchemy then recycles the whole pool.
+        pool_pre_ping=False,
+        pool_recycle=1800,
         pool_timeout=10,
         connect_args={"timeout": 5, "command_timeout": 30},
     )

@@ -122,6 +122,14 @@ def pending_position(seq: int, head_seq: int, departed_between: int) -> int:
     return seq - head_seq - departed_between
 
 
+def tail_positions(pending_before: int, newcomers: int) -> list[int]:
+    """Places of tokens just appended to a line that had ``pending_before`` PENDING tokens.
+
+    Every PENDING token is ahead of a newcomer, so no range query is needed for them.
+    """
+    return list(range(pending_before + 1, pending_before + newcomers + 1))
+
+
 # The transitions a client may ask for. A repeat of the transition already made is harmless:
 # it returns the token as it is.
 _RELEASE_SOURCES: dict[TokenStatus, tuple[TokenStatus, ...]] = {

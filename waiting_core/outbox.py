@@ -1,10 +1,15 @@
 """The transactional outbox relay: publishes events written with their change, then deletes them.
 
-Writers add an ``OutboxRow`` in the transaction that changes the tokens and call
-:meth:`OutboxRelay.wake` after the commit (the fast path); a timer picks up anything left
-(the broker was down, the process restarted). Rows are deleted only after the broker
-acknowledged them (``acks=all``, idempotent producer), so an event is never lost; a crash
-between the acknowledgement and the delete sends it again, which consumers tolerate.
+Writers add an ``OutboxRow`` in the transaction that changes the tokens. After the commit
+they either hand the committed rows over (:meth:`OutboxRelay.hand_over`, the fast path: the
+relay publishes them without reading them back) or call :meth:`OutboxRelay.wake` (the relay
+scans the table). A timer scans too, for anything left (the broker was down, the process
+restarted).
+
+Rows are deleted only after the broker acknowledged them (``acks=all``, idempotent producer),
+so an event is never lost. Acknowledged ids are deleted in one statement every
+``delete_interval`` instead of one transaction per publish; a crash before that delete sends
+those events again, which consumers tolerate (at-least-once).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -21,6 +27,7 @@ from waiting_core import metrics, repository
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import EVENT_TYPE_HEADER, Topics, ensure_topics
+from waiting_core.models import OutboxRow
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -42,21 +49,35 @@ class OutboxRelay(BackgroundWorker):
         partitions: int,
         poll_interval: float = 1.0,
         linger_ms: int = 0,
+        delete_interval: float = 0.1,
     ) -> None:
         self._database = database
         self._bootstrap = bootstrap
         self._poll_interval = poll_interval
+        self._delete_interval = delete_interval
         self._linger_ms = linger_ms
         self._topics = topics
         self._partitions = partitions
         self._wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
+        self._handed: list[OutboxRow] = []
+        self._scan_due = True  # rows a previous run left behind
+        self._last_scan: set[int] = set()  # ids the last scan sent, in case they are handed too
+        self._acked: list[int] = []
+        self._acked_at = 0.0  # when the oldest undeleted acknowledgement arrived
         self.published = 0
         super().__init__()
 
     def wake(self) -> None:
-        """Publish soon: a transaction with outbox rows just committed."""
+        """Scan the table soon: a transaction with outbox rows just committed."""
+        self._scan_due = True
         self._wakeup.set()
+
+    def hand_over(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish these just-committed rows soon, without reading them back."""
+        if rows:
+            self._handed.extend(rows)
+            self._wakeup.set()
 
     async def stop(self) -> None:
         """Publish what is left (best effort, bounded), then close the producer."""
@@ -70,15 +91,27 @@ class OutboxRelay(BackgroundWorker):
             await producer.stop()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
+        next_scan = loop.time()
         while True:
+            next_delete = self._acked_at + self._delete_interval if self._acked else next_scan
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
+                timeout = max(0.0, min(next_scan, next_delete) - loop.time())
+                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
             self._wakeup.clear()
             try:
-                await self.publish_pending()
+                await self._publish_handed()
+                if self._scan_due or loop.time() >= next_scan:
+                    self._scan_due = False
+                    next_scan = loop.time() + self._poll_interval
+                    await self.publish_pending()
+                elif len(self._acked) >= BATCH_SIZE or loop.time() >= next_delete:
+                    await self._delete_acked()
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
+                self._handed.clear()  # still in the table: the next scan sends them
+                self._scan_due = True
                 failures += 1
                 delay = min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
                 log.warning("outbox relay: %s; retrying in %.2fs", _describe(exc), delay)
@@ -86,33 +119,59 @@ class OutboxRelay(BackgroundWorker):
                 self._wakeup.set()
 
     async def publish_pending(self) -> int:
-        """Publish every pending row, oldest first; return how many were sent."""
+        """Publish every pending row in the table, oldest first; return how many were sent."""
+        await self._delete_acked()  # or the scan would send them again
+        self._last_scan = set()
         sent = 0
         while True:
             async with self._database.transaction(read_only=True) as session:
                 rows = list(
                     await repository.oldest_outbox_events(session, self._topics.origin, BATCH_SIZE)
                 )
-            metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < BATCH_SIZE else BATCH_SIZE)
+            metrics.OUTBOX_BACKLOG.set(len(rows))
             if not rows:
                 return sent
-            producer = await self._connected_producer()
-            deliveries = [
-                await producer.send(
-                    row.topic,
-                    value=row.payload,
-                    key=row.key,
-                    headers=[(EVENT_TYPE_HEADER, row.event_type.encode())],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*deliveries)
-            async with self._database.transaction() as session:
-                await repository.delete_outbox_events(session, [row.id for row in rows])
+            await self._send(rows)
+            self._last_scan.update(row.id for row in rows)
+            await self._delete_acked()
             sent += len(rows)
-            self.published += len(rows)
             if len(rows) < BATCH_SIZE:
                 return sent
+
+    async def _publish_handed(self) -> None:
+        while self._handed:
+            rows, self._handed = self._handed[:BATCH_SIZE], self._handed[BATCH_SIZE:]
+            await self._send([row for row in rows if row.id not in self._last_scan])
+
+    async def _send(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish and wait for every acknowledgement; the rows become due for deletion."""
+        if not rows:
+            return
+        producer = await self._connected_producer()
+        deliveries = [
+            await producer.send(
+                row.topic,
+                value=row.payload,
+                key=row.key,
+                headers=[(EVENT_TYPE_HEADER, row.event_type.encode())],
+            )
+            for row in rows
+        ]
+        await asyncio.gather(*deliveries)
+        if not self._acked:
+            self._acked_at = asyncio.get_running_loop().time()
+        self._acked.extend(row.id for row in rows)
+        self.published += len(rows)
+
+    async def _delete_acked(self) -> None:
+        if not self._acked:
+            return
+        async with self._database.transaction() as session:
+            for start in range(0, len(self._acked), BATCH_SIZE):
+                await repository.delete_outbox_events(
+                    session, self._acked[start : start + BATCH_SIZE]
+                )
+        self._acked = []
 
     async def _connected_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
