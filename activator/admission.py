@@ -16,7 +16,7 @@ from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import Topics, state_changed_rows
-from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.models import OutboxRow, ScheduleRow, TokenRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ class Settlement:
     abandoned: Sequence[TokenRow] = field(default_factory=tuple)
     active_count: int = 0
     pending_count: int = 0
+    events: Sequence[OutboxRow] = field(default_factory=tuple)  # committed, for the relay
 
     @property
     def changed(self) -> bool:
@@ -74,18 +75,18 @@ class Admitter:
                 session, schedule, _admissions_now(schedule, now), now
             )
             _record_admissions(schedule, len(admitted), now)
-            for rows in (
-                state_changed_rows(
+            events = [
+                *state_changed_rows(
                     self._topics, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
                 ),
-                state_changed_rows(
+                *state_changed_rows(
                     self._topics, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
                 ),
-                state_changed_rows(
+                *state_changed_rows(
                     self._topics, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
                 ),
-            ):
-                session.add_all(rows)
+            ]
+            session.add_all(events)
         settlement = Settlement(
             schedule_id,
             admitted,
@@ -93,6 +94,7 @@ class Admitter:
             abandoned,
             active_count=schedule.active_count,
             pending_count=schedule.pending_count,
+            events=events,
         )
         self.admitted += len(admitted)
         if settlement.changed:

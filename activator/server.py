@@ -44,7 +44,7 @@ class Activator(serving.GrpcService):
         self.seen = SeenTokens(self.database)
         self.hub = WatchHub(self.read_database, self.seen)
         self.admitter = Admitter(self.database, topics)
-        self.admitter.subscribe(lambda _: self.relay.wake())
+        self.admitter.subscribe(lambda settlement: self.relay.hand_over(settlement.events))
         self.admitter.subscribe(self.hub.on_settlement)
         self.admitter.subscribe(record_metrics)
         self.consumer = AdmissionConsumer(settings, self.admitter, topics)

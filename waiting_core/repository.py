@@ -326,6 +326,8 @@ async def expire_due_active(
     session: AsyncSession, schedule: ScheduleRow, now: datetime
 ) -> Sequence[TokenRow]:
     """ACTIVE tokens of the locked schedule whose TTL ran out become EXPIRED."""
+    if schedule.active_count <= 0:
+        return []
     stmt = (
         update(TokenRow)
         .where(
