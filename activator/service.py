@@ -30,7 +30,7 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
         self, request: pb.GetQueueStatusRequest, context: Context
     ) -> pb.GetQueueStatusResponse:
         schedule_id = domain.validate_schedule_id(request.schedule_id)
-        async with self._database.transaction(read_only=True) as session:
+        async with self._database.single_read() as session:
             view = await read_queue_view(session, schedule_id, datetime.now(UTC))
         return pb.GetQueueStatusResponse(
             schedule_id=schedule_id,
@@ -46,7 +46,7 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
     ) -> pb.GetTokenStatusResponse:
         token_id = domain.validate_token_id(request.token_id)
         now = datetime.now(UTC)
-        async with self._database.transaction(read_only=True) as session:
+        async with self._database.single_read() as session:
             found = await repository.read_token_in_line(session, token_id)
         view = token_view(found.token, found.position, found.schedule, now)
         self._seen.note(token_id)

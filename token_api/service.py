@@ -52,7 +52,7 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
 
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.GetTokenResponse:
         token_id = domain.validate_token_id(request.token_id)
-        async with self._database.transaction(read_only=True) as session:
+        async with self._database.single_read() as session:
             found = await repository.read_token_in_line(session, token_id)
         self._seen.note(token_id)
         return pb.GetTokenResponse(token=token_to_proto(found.token, found.position))
@@ -62,7 +62,7 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     ) -> pb.ValidateTokenResponse:
         token_id = domain.validate_token_id(request.token_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
-        async with self._database.transaction(read_only=True) as session:
+        async with self._database.single_read() as session:
             found = await repository.read_token_in_line(session, token_id)
         token = found.token
         active = (

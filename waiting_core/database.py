@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._writer: async_sessionmaker[AsyncSession] | None = None
         self._reader: async_sessionmaker[AsyncSession] | None = None
+        self._single_reader: async_sessionmaker[AsyncSession] | None = None
 
     @property
     def dialect(self) -> str:
@@ -71,6 +72,11 @@ class Database:
         reader_engine = self._engine.execution_options(**{_READ_ONLY: True})
         self._writer = async_sessionmaker(self._engine, expire_on_commit=False)
         self._reader = async_sessionmaker(reader_engine, expire_on_commit=False)
+        self._single_reader = self._reader
+        if self.dialect == "postgresql":
+            # One statement is its own snapshot: no BEGIN and COMMIT round trips around it.
+            autocommit = reader_engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._single_reader = async_sessionmaker(autocommit, expire_on_commit=False)
 
     async def stop(self) -> None:
         """Close every pooled connection."""
@@ -85,10 +91,18 @@ class Database:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    @asynccontextmanager
-    async def transaction(self, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+    def transaction(self, *, read_only: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
         """One session in one transaction: commit on success, roll back on error."""
-        makers = self._reader if read_only else self._writer
+        return self._framed(self._reader if read_only else self._writer)
+
+    def single_read(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session for exactly one read statement (consistent by itself), at the least cost."""
+        return self._framed(self._single_reader)
+
+    @asynccontextmanager
+    async def _framed(
+        self, makers: async_sessionmaker[AsyncSession] | None
+    ) -> AsyncIterator[AsyncSession]:
         if makers is None:
             raise RuntimeError("Database.start() was not called")
         try:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, literal_column, select, text, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -229,12 +229,7 @@ _ALIAS_DEPARTED = text(
 )
 
 
-async def read_token_in_line(session: AsyncSession, token_id: str) -> TokenInLine:
-    """The token, its schedule and its position in one statement; TokenNotFound otherwise.
-
-    A PENDING token's position counts only the tokens that left the line between the head
-    and it (an index range on ``ix_tokens_departed``), never the tokens still waiting.
-    """
+def _token_in_line_statement() -> Select[TokenRow, ScheduleRow, int]:
     head = func.coalesce(ScheduleRow.head_seq, 0)
     departed = (
         select(func.count())
@@ -247,13 +242,24 @@ async def read_token_in_line(session: AsyncSession, token_id: str) -> TokenInLin
         )
         .scalar_subquery()
     )
-    stmt = (
+    return (
         select(TokenRow, ScheduleRow, departed)
         .outerjoin(ScheduleRow, ScheduleRow.schedule_id == TokenRow.schedule_id)
-        .where(TokenRow.token_id == token_id)
+        .where(TokenRow.token_id == bindparam("token_id"))
         .execution_options(populate_existing=True)
     )
-    row = (await session.execute(stmt)).one_or_none()
+
+
+_TOKEN_IN_LINE = _token_in_line_statement()  # built once: the hottest read of both services
+
+
+async def read_token_in_line(session: AsyncSession, token_id: str) -> TokenInLine:
+    """The token, its schedule and its position in one statement; TokenNotFound otherwise.
+
+    A PENDING token's position counts only the tokens that left the line between the head
+    and it (an index range on ``ix_tokens_departed``), never the tokens still waiting.
+    """
+    row = (await session.execute(_TOKEN_IN_LINE, {"token_id": token_id})).one_or_none()
     if row is None:
         raise TokenNotFound(token_id)
     token, schedule, departed_count = row
