@@ -49,7 +49,7 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
         async with self._database.single_read() as session:
             found = await repository.read_token_in_line(session, token_id)
         view = token_view(found.token, found.position, found.schedule, now)
-        self._seen.note(token_id)
+        self._seen.note(token_id, found.schedule)
         return pb.GetTokenStatusResponse(
             token=view.token,
             estimated_wait_seconds=view.wait.seconds,

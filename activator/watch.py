@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from activator.admission import Settlement
 from activator.status import TokenView, read_token_views, token_view
@@ -23,6 +25,7 @@ from waiting_core import repository
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import TokenNotFound, Unavailable
+from waiting_core.models import TokenRow
 from waiting_core.seen import SeenTokens
 from waiting_core.worker import BackgroundWorker
 
@@ -75,7 +78,7 @@ class WatchHub(BackgroundWorker):
         async with self._database.transaction(read_only=True) as session:
             token = await repository.get_token(session, token_id)
             view = (await read_token_views(session, [token], now))[token_id]
-        self._seen.note(token_id)
+            await self._note_seen(session, [token])
         watcher = _Watcher(view, token.status)
         self._watchers.setdefault(token_id, set()).add(watcher)
         try:
@@ -134,14 +137,20 @@ class WatchHub(BackgroundWorker):
                     statuses = await repository.token_statuses(session, chunk)
                     chunk = [i for i, s in statuses.items() if self._status_changed(i, s)]
                 tokens = await repository.find_tokens(session, chunk)
-                for token in tokens:
-                    if token.status == TokenStatus.PENDING:
-                        self._seen.note(token.token_id)  # a watcher is not abandoning
                 views = await read_token_views(session, tokens, now)
+                await self._note_seen(session, tokens)
             for token in tokens:
                 view = views.get(token.token_id)
                 if view is not None:
                     self._offer(token.token_id, view, token.status)
+
+    async def _note_seen(self, session: AsyncSession, tokens: Sequence[TokenRow]) -> None:
+        """A watcher is not abandoning: its PENDING tokens count as asked about."""
+        for token in tokens:
+            if token.status == TokenStatus.PENDING:
+                # Loaded by read_token_views: the session's identity map answers, not SQL.
+                schedule = await repository.get_schedule(session, token.schedule_id)
+                self._seen.note(token.token_id, schedule)
 
     def _status_changed(self, token_id: str, status: TokenStatus) -> bool:
         return any(w.status != status for w in self._watchers.get(token_id, ()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from aiokafka import AIOKafkaConsumer
@@ -23,6 +24,7 @@ from waiting.v1 import (
     token_pb2,
     token_service_pb2,
 )
+from waiting_core import repository
 
 ACTIVE = token_pb2.TOKEN_STATUS_ACTIVE
 EXPIRED = token_pb2.TOKEN_STATUS_EXPIRED
@@ -82,6 +84,26 @@ async def test_abandoned_pending_tokens_leave_the_line(system: System, schedule_
     gone = await token_status(system, abandoned.token_id)
     assert gone.status == EXPIRED
     assert (await token_status(system, kept.token_id)).position == 1
+
+
+async def test_switching_abandonment_on_gives_the_line_a_whole_ttl(
+    system: System, schedule_id: int
+) -> None:
+    await configure(system, schedule_id, capacity=1)  # no pending TTL: "seen" is not recorded
+    await issue(system, "holder", schedule_id)
+    waiter = await issue(system, "waiter", schedule_id)
+    await wait_counts(system, schedule_id, active=1, pending=1)
+    database = system.token_api.database
+    async with database.transaction() as session:
+        token = await repository.get_token(session, waiter.token_id)
+        token.last_seen_at = datetime.now(UTC) - timedelta(hours=1)
+
+    await configure(system, schedule_id, capacity=1, pending_ttl_seconds=1)
+
+    async with database.transaction() as session:
+        schedule = await repository.lock_schedule(session, schedule_id)
+        assert await repository.abandon_stale_pending(session, schedule, datetime.now(UTC)) == []
+    await wait_counts(system, schedule_id, active=1, pending=0)  # after the TTL, it goes
 
 
 async def test_admit_rate_limits_new_admissions(system: System, schedule_id: int) -> None:

@@ -30,7 +30,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         wanted = schedule_from_proto(request.schedule).validated()
         now = utc_now()
         async with self._database.transaction() as session:
-            before = await repository.apply_settings(session, wanted)
+            before = await repository.apply_settings(session, wanted, now)
             if wanted.capacity > before.capacity:
                 event = slots_freed_event(wanted.schedule_id, "capacity", now)
                 await repository.add_outbox_event(

@@ -54,7 +54,7 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         token_id = domain.validate_token_id(request.token_id)
         async with self._database.single_read() as session:
             found = await repository.read_token_in_line(session, token_id)
-        self._seen.note(token_id)
+        self._seen.note(token_id, found.schedule)
         return pb.GetTokenResponse(token=token_to_proto(found.token, found.position))
 
     async def ValidateToken(

@@ -122,6 +122,11 @@ def pending_position(seq: int, head_seq: int, departed_between: int) -> int:
     return seq - head_seq - departed_between
 
 
+def abandons(pending_ttl_seconds: int) -> bool:
+    """Whether a schedule drops PENDING tokens nobody asks about (and so records asking)."""
+    return pending_ttl_seconds > 0
+
+
 def tail_positions(pending_before: int, newcomers: int) -> list[int]:
     """Places of tokens just appended to a line that had ``pending_before`` PENDING tokens.
 

@@ -90,6 +90,9 @@ class ScheduleRow(Base):
     admit_rate_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     # The first admission: the estimate is corrected for a window not yet full.
     admit_rate_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # When pending_ttl_seconds last went from 0 to positive. Reads record "seen" only while
+    # abandonment is on, so nobody is abandoned before a whole TTL has passed since then.
+    abandonment_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class TokenRow(Base):

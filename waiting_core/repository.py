@@ -104,10 +104,16 @@ def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
     )
 
 
-async def apply_settings(session: AsyncSession, settings: ScheduleSettings) -> ScheduleSettings:
+async def apply_settings(
+    session: AsyncSession, settings: ScheduleSettings, now: datetime
+) -> ScheduleSettings:
     """Write the settings under the schedule's lock; return the settings they replaced."""
     row = await lock_schedule(session, settings.schedule_id)
     previous = settings_of(row, settings.schedule_id)
+    if not domain.abandons(previous.pending_ttl_seconds) and domain.abandons(
+        settings.pending_ttl_seconds
+    ):
+        row.abandonment_since = now
     row.capacity = settings.capacity
     row.active_ttl_seconds = settings.active_ttl_seconds
     row.pending_ttl_seconds = settings.pending_ttl_seconds
@@ -354,9 +360,11 @@ async def abandon_stale_pending(
     session: AsyncSession, schedule: ScheduleRow, now: datetime
 ) -> Sequence[TokenRow]:
     """PENDING tokens nobody asked about for the schedule's pending TTL become EXPIRED."""
-    if schedule.pending_ttl_seconds <= 0:
+    if not domain.abandons(schedule.pending_ttl_seconds):
         return []
     stale_before = now - timedelta(seconds=schedule.pending_ttl_seconds)
+    if schedule.abandonment_since is None or schedule.abandonment_since >= stale_before:
+        return []  # "seen" has been recorded for less than a TTL
     stmt = (
         update(TokenRow)
         .where(

@@ -1,9 +1,10 @@
 """Records which PENDING tokens were asked about, and writes that down in batches.
 
-Reads (GetToken, GetTokenStatus) stay read-only transactions: they only note the token id
-here, and a background task marks all noted tokens seen with one UPDATE every
+Reads (GetToken, GetTokenStatus, WatchToken) stay read-only transactions: they only note the
+token id here, and a background task marks all noted tokens seen with one UPDATE every
 ``interval`` seconds. The abandonment sweep therefore sees a token's last question at most
-``interval`` late, which is far below any pending TTL (at least 1 s).
+``interval`` late, which is far below any pending TTL (at least 1 s). Only schedules with a
+pending TTL read "seen", so only their tokens are noted.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
-from waiting_core import repository
+from waiting_core import domain, repository
 from waiting_core.database import Database
+from waiting_core.models import ScheduleRow
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,14 @@ class SeenTokens(BackgroundWorker):
         self._pending: set[str] = set()
         super().__init__()
 
-    def note(self, token_id: str) -> None:
-        """Remember that the token was asked about just now."""
-        self._pending.add(token_id)
+    def note(self, token_id: str, schedule: ScheduleRow | None) -> None:
+        """Remember that the token was asked about just now, if its schedule abandons tokens.
+
+        Schedules without a pending TTL cost no writes; ``abandonment_since`` covers the
+        moment one is switched on.
+        """
+        if schedule is not None and domain.abandons(schedule.pending_ttl_seconds):
+            self._pending.add(token_id)
 
     async def stop(self) -> None:
         """Stop, then flush what is left."""
