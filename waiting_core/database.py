@@ -8,11 +8,14 @@ here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -30,6 +33,8 @@ from waiting_core.errors import StorageUnavailable
 log = logging.getLogger(__name__)
 
 _READ_ONLY = "waiting_read_only"
+_WRITE_LOCK_TIMEOUT = 30.0
+_WRITE_LOCK_POLLS = (0.0002, 0.0005, 0.001)  # then every millisecond
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -137,7 +142,9 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+    engine = create_async_engine(
+        url, echo=echo, connect_args={"timeout": 30, "factory": _PollingWriterConnection}
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -157,3 +164,38 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+class _PollingWriterCursor(sqlite3.Cursor):
+    """Takes SQLite's write lock by polling for it every millisecond or less.
+
+    SQLite's own busy handler backs off to sleeps of 25-100 ms, which turns a brief wait for
+    the other service's commit into a long stall (two processes share the file). The polling
+    runs in aiosqlite's thread for this connection, never on the event loop; every other
+    statement keeps the 30 s busy timeout.
+    """
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Self:
+        if sql != "BEGIN IMMEDIATE":
+            return super().execute(sql, parameters)
+        connection = self.connection
+        deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
+        connection.execute("PRAGMA busy_timeout=0")
+        try:
+            for attempt in itertools.count():
+                try:
+                    return super().execute(sql)
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(_WRITE_LOCK_POLLS[min(attempt, len(_WRITE_LOCK_POLLS) - 1)])
+            raise AssertionError("unreachable")
+        finally:
+            connection.execute(f"PRAGMA busy_timeout={int(_WRITE_LOCK_TIMEOUT * 1000)}")
+
+
+class _PollingWriterConnection(sqlite3.Connection):
+    """A sqlite3 connection whose cursors poll for the write lock (see above)."""
+
+    def cursor(self, factory: Any = None) -> sqlite3.Cursor:  # type: ignore[override]
+        return super().cursor(factory or _PollingWriterCursor)
