@@ -11,12 +11,12 @@ pids=()
 cleanup() {
   trap - INT TERM EXIT
   trap '' PIPE  # `make run | tee log` loses its reader on Ctrl-C; still stop everything
-  echo
-  echo "run.sh: stopping the services and the broker..." 2>/dev/null || true
+  if ! { echo; } 2>/dev/null; then exec >/dev/null 2>&1; fi  # nobody reads our output now
+  echo "run.sh: stopping the services and the broker..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ "${started_broker:-0}" = 1 ]; then scripts/kafka.sh stop; fi
-  echo "run.sh: stopped." 2>/dev/null || true
+  echo "run.sh: stopped."
 }
 trap cleanup INT TERM EXIT
 
