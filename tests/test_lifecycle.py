@@ -1,14 +1,19 @@
-"""Both services start without a broker and stop cleanly, even if it never showed up."""
+"""Starting and stopping: without a broker, and on a database that was not migrated."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
+
+import pytest
+from alembic import command
 
 from activator.server import Activator
 from tests.helpers import settings_for
 from token_api.server import TokenApi
 from tools.system import free_port
+from waiting_core.migrate import SchemaOutOfDate, alembic_config, newest_revision
 
 
 async def test_services_stop_cleanly_when_the_broker_never_came(database_url: str) -> None:
@@ -23,3 +28,13 @@ async def test_services_stop_cleanly_when_the_broker_never_came(database_url: st
 
     await asyncio.wait_for(activator.stop(), timeout=15)
     await asyncio.wait_for(token_api.stop(), timeout=15)
+
+
+async def test_a_service_refuses_a_schema_that_is_not_the_newest(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0002")
+    token_settings, _ = settings_for(url, f"127.0.0.1:{free_port()}")
+
+    needs = f"revision 0002, this code needs {newest_revision()}"
+    with pytest.raises(SchemaOutOfDate, match=needs):
+        await TokenApi(token_settings).start()

@@ -512,9 +512,9 @@ async def amain(args: argparse.Namespace) -> None:
     bootstrap = f"127.0.0.1:{port}"
     benches: dict[str, Bench] = {}
     output: dict[str, Any] = {"cores": os.cpu_count(), "mode": "full" if args.full else "quick"}
+    sqlite_path = ROOT / ".run" / f"bench-{secrets.token_hex(3)}.sqlite3"
     try:
         output["kafka_floor"] = await kafka_floor(bootstrap, 200)
-        sqlite_path = ROOT / ".run" / f"bench-{secrets.token_hex(3)}.sqlite3"
         databases = {"sqlite": f"sqlite+aiosqlite:///{sqlite_path}"}
         if "postgres" in args.databases:
             url = await asyncio.to_thread(postgres_url)
@@ -527,6 +527,8 @@ async def amain(args: argparse.Namespace) -> None:
                     output[name] = await benches[name].run(echo_address)
                     output[name]["ratios"] = ratios(output[name])
     finally:
+        for leftover in sqlite_path.parent.glob(f"{sqlite_path.name}*"):  # with -wal and -shm
+            leftover.unlink()
         if started_broker:
             await asyncio.to_thread(stop_broker, port, data_dir)
     OUT.mkdir(exist_ok=True)

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 from typing import Any
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     port, data_dir = 29092, ROOT / ".run" / "kafka-bench"
     started = start_broker(port, data_dir)
-    url = os.environ.get("DATABASE_URL") or f"sqlite+aiosqlite:///{ROOT / '.run' / 'ghz.sqlite3'}"
+    scratch = ROOT / ".run" / f"ghz-{secrets.token_hex(3)}.sqlite3"  # a fresh file per run
+    url = os.environ.get("DATABASE_URL") or f"sqlite+aiosqlite:///{scratch}"
     migrate(url)
     cluster = Cluster(
         url,
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         issue = figures(ghz(token_api.address, schedule_id, args.concurrency, args.seconds))
     finally:
         cluster.stop_all()
+        for leftover in scratch.parent.glob(f"{scratch.name}*"):  # with its -wal and -shm
+            leftover.unlink()
         if started:
             stop_broker(port, data_dir)
     print(

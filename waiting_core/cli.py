@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from waiting_core import logs
+from waiting_core.migrate import SchemaOutOfDate
 from waiting_core.serving import wait_for_shutdown_signal
 from waiting_core.settings import CommonSettings, ConfigError, describe, load
 
@@ -50,7 +51,11 @@ def run_service(
         print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
-    asyncio.run(_serve(lambda: make_app(settings)))
+    try:
+        asyncio.run(_serve(lambda: make_app(settings)))
+    except SchemaOutOfDate as exc:
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

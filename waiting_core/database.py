@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from waiting_core.errors import StorageUnavailable
+from waiting_core.migrate import SchemaOutOfDate, check_revision
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,15 @@ class Database:
         return self._engine
 
     async def start(self) -> None:
-        """Create the engine and its pool (connections open lazily)."""
+        """Create the engine and its pool; refuse a schema that is not the newest.
+
+        An unreachable database is not an error here (the services retry): the schema is
+        then not checked.
+        """
         if self._engine is not None:
             return
         self._engine = _create_engine(self.url, self._pool_size, self._echo)
+        await self._check_schema(self._engine)
         reader_engine = self._engine.execution_options(**{_READ_ONLY: True})
         self._writer = async_sessionmaker(self._engine, expire_on_commit=False)
         self._reader = async_sessionmaker(reader_engine, expire_on_commit=False)
@@ -82,6 +88,19 @@ class Database:
             # One statement is its own snapshot: no BEGIN and COMMIT round trips around it.
             autocommit = reader_engine.execution_options(isolation_level="AUTOCOMMIT")
             self._single_reader = async_sessionmaker(autocommit, expire_on_commit=False)
+
+    @staticmethod
+    async def _check_schema(engine: AsyncEngine) -> None:
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(check_revision)
+        except SchemaOutOfDate:
+            await engine.dispose()
+            raise
+        except (TimeoutError, DBAPIError, PoolTimeout, OSError) as exc:
+            if not _is_unreachable(exc):
+                raise
+            log.warning("database unreachable at start; schema not checked: %s", exc)
 
     async def stop(self) -> None:
         """Close every pooled connection."""

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import make_url
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, make_url
 
 from waiting_core.settings import DEFAULT_DATABASE_URL, ConfigError, database_url
 
@@ -24,6 +26,26 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database's schema is not the one this code was written for."""
+
+
+def newest_revision() -> str | None:
+    """The revision ``upgrade`` brings a database to."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def check_revision(connection: Connection) -> None:
+    """Raise SchemaOutOfDate unless the connected database is at the newest revision."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    newest = newest_revision()
+    if current != newest:
+        raise SchemaOutOfDate(
+            f"the database schema is at revision {current or 'none'}, this code needs "
+            f"{newest}: run `python -m waiting_core.migrate` first (make run does)"
+        )
 
 
 def upgrade(url: str) -> None:
