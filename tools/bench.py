@@ -473,9 +473,14 @@ def plot(all_results: dict[str, Bench], path: Path) -> None:
         cdf_axis.set_title(f"{name}: latency CDFs")
         cdf_axis.legend(fontsize=7)
         if bench.drain_curve:
-            drain_axis.plot(
-                [t for t, _ in bench.drain_curve], [a - 1000 for _, a in bench.drain_curve]
+            # From the raise (0 ms, nobody new) to each admission; one UPDATE admits many
+            # tokens at the same instant, which shows as a vertical step.
+            drain_axis.step(
+                [0.0, *(t for t, _ in bench.drain_curve)],
+                [0, *(a - 1000 for _, a in bench.drain_curve)],
+                where="post",
             )
+            drain_axis.set_xlim(left=0)
         drain_axis.set_xlabel("ms after the capacity raise")
         drain_axis.set_ylabel("newly admitted (of 1,000)")
         drain_axis.set_title(f"{name}: queue drain")
