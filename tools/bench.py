@@ -102,6 +102,45 @@ class LoadResult:
         }
 
 
+@dataclass
+class CpuUse:
+    """CPU seconds spent during a run, by the whole machine and by some processes."""
+
+    machine: float = 0.0
+    processes: dict[str, float] = field(default_factory=dict)
+
+    def per_call_ms(self, calls: int) -> dict[str, float]:
+        """Milliseconds of CPU per completed call."""
+        spent = {"machine": self.machine, **self.processes}
+        return (
+            {name: round(seconds * 1000 / calls, 3) for name, seconds in spent.items()}
+            if calls
+            else {}
+        )
+
+
+def _machine_busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return float(times.user + times.nice + times.system + times.irq + times.softirq)
+
+
+def _process_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+@contextlib.contextmanager
+def cpu_meter(pids: dict[str, int]) -> Iterator[CpuUse]:
+    """Measure the CPU the machine and the named processes spend inside the block."""
+    processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+    machine_before = _machine_busy_seconds()
+    before = {name: _process_seconds(process) for name, process in processes.items()}
+    use = CpuUse()
+    yield use
+    use.machine = _machine_busy_seconds() - machine_before
+    use.processes = {name: _process_seconds(p) - before[name] for name, p in processes.items()}
+
+
 async def closed_loop(
     call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float
 ) -> LoadResult:
@@ -162,6 +201,7 @@ class Bench:
     results: dict[str, Any] = field(default_factory=dict)
     drain_curve: list[tuple[float, int]] = field(default_factory=list)
     cdfs: dict[str, list[float]] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
 
     async def run(self, echo_address: str) -> dict[str, Any]:
         """Every measurement on this database."""
@@ -182,6 +222,7 @@ class Bench:
             token_api = await asyncio.to_thread(cluster.start, "token_api")
             activator = await asyncio.to_thread(cluster.start, "activator")
             pids = {"token_api": token_api.process.pid, "activator": activator.process.pid}
+            self.pids = pids
             async with (
                 RssSampler(pids) as rss,
                 grpc.aio.insecure_channel(token_api.address) as token_channel,
@@ -227,9 +268,23 @@ class Bench:
                     timeout=10,
                 )
 
-            echo_run = await closed_loop(ceiling, concurrency, self.args.seconds)
-            issue_run = await closed_loop(issue, concurrency, self.args.seconds)
-            levels.append({"echo": echo_run.summary(), "issue": issue_run.summary()})
+            # CPU per call shows what bounds the ratio once both runs saturate the cores.
+            with cpu_meter({"load generator": os.getpid()}) as echo_cpu:
+                echo_run = await closed_loop(ceiling, concurrency, self.args.seconds)
+            with cpu_meter({"load generator": os.getpid(), **self.pids}) as issue_cpu:
+                issue_run = await closed_loop(issue, concurrency, self.args.seconds)
+            levels.append(
+                {
+                    "echo": {
+                        **echo_run.summary(),
+                        "cpu_ms_per_call": echo_cpu.per_call_ms(len(echo_run.latencies_ms)),
+                    },
+                    "issue": {
+                        **issue_run.summary(),
+                        "cpu_ms_per_call": issue_cpu.per_call_ms(len(issue_run.latencies_ms)),
+                    },
+                }
+            )
             self.cdfs[f"echo c={concurrency}"] = echo_run.latencies_ms
             self.cdfs[f"IssueToken c={concurrency}"] = issue_run.latencies_ms
         self.results["issue_levels"] = levels
@@ -432,21 +487,29 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
 def print_table(name: str, results: dict[str, Any]) -> None:
     """The short table on stdout."""
     print(f"\n== {name} ({os.cpu_count()} cores) ==")
-    header = ("level", "echo rps", "issue rps", "ratio", "issue p50", "issue p99")
+    header = ("level", "echo rps", "issue rps", "ratio", "issue p50", "issue p99", "cpu/call")
     print(
         f"{header[0]:<8}{header[1]:>10}{header[2]:>11}{header[3]:>7}{header[4]:>11}{header[5]:>11}"
+        f"{header[6]:>19}"
     )
     for level in results["issue_levels"]:
         echo, issue = level["echo"], level["issue"]
+        cpu = f"{_machine_ms(echo):.2f} -> {_machine_ms(issue):.2f} ms"
         print(
             f"c={issue['concurrency']:<6}{echo['rps']:>10.0f}{issue['rps']:>11.0f}"
             f"{issue['rps'] / echo['rps']:>7.2f}{issue['p50_ms']:>9.1f}ms{issue['p99_ms']:>9.1f}ms"
+            f"{cpu:>19}"
         )
+    print("(cpu/call: the whole machine's CPU per completed call, echo -> IssueToken)")
     print(f"{'target':<40}{'measured':>10}  {'goal':>8}  met")
     for key, value in ratios(results).items():
         label, op, goal = TARGETS[key]
         met = value >= goal if op == ">=" else value <= goal
         print(f"{label:<40}{value:>10.2f}  {op}{goal:>6}  {'yes' if met else 'NO'}")
+
+
+def _machine_ms(run: dict[str, Any]) -> float:
+    return float(run.get("cpu_ms_per_call", {}).get("machine", float("nan")))
 
 
 def plot(all_results: dict[str, Bench], path: Path) -> None:
