@@ -52,6 +52,11 @@ start() {
     echo "postgres.sh: already running on 127.0.0.1:$port"
     return 0
   fi
+  if psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+    # Another checkout's cluster holds the port; it takes the same trusted postgres user.
+    echo "postgres.sh: a PostgreSQL server already answers on 127.0.0.1:$port; using it"
+    return 0
+  fi
   touch "$log_file"
   [ "$(id -u)" = 0 ] && chown postgres: "$log_file"
   if ! as_owner "$bin/pg_ctl" -D "$data_dir" -l "$log_file" -w -t 60 start \

@@ -588,6 +588,8 @@ async def amain(args: argparse.Namespace) -> None:
             url = await asyncio.to_thread(postgres_url)
             if url:
                 databases["postgresql"] = url
+            else:
+                print("bench: PostgreSQL could not be started (see above); measuring SQLite only")
         with echo_server() as echo_address:
             for name, url in databases.items():
                 if name.startswith(tuple(args.databases)):
