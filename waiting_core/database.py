@@ -8,7 +8,6 @@ here and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import sqlite3
 import time
@@ -195,20 +194,23 @@ class _PollingWriterCursor(sqlite3.Cursor):
     """
 
     def execute(self, sql: str, parameters: Any = (), /) -> Self:
-        if sql != "BEGIN IMMEDIATE":
-            return super().execute(sql, parameters)
+        if sql == "BEGIN IMMEDIATE":
+            return self._begin_immediate()
+        return super().execute(sql, parameters)
+
+    def _begin_immediate(self) -> Self:
         connection = self.connection
         deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
+        pauses = iter(_WRITE_LOCK_POLLS)
         connection.execute("PRAGMA busy_timeout=0")
         try:
-            for attempt in itertools.count():
+            while True:
                 try:
-                    return super().execute(sql)
+                    return super().execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) or time.monotonic() > deadline:
                         raise
-                time.sleep(_WRITE_LOCK_POLLS[min(attempt, len(_WRITE_LOCK_POLLS) - 1)])
-            raise AssertionError("unreachable")
+                time.sleep(next(pauses, _WRITE_LOCK_POLLS[-1]))
         finally:
             connection.execute(f"PRAGMA busy_timeout={int(_WRITE_LOCK_TIMEOUT * 1000)}")
 
