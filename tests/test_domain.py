@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from waiting_core import domain
@@ -119,3 +121,13 @@ def test_rate_correction_removes_the_start_up_bias() -> None:
 
     assert rate < 2.0  # the raw average still counts the empty part of the window
     assert domain.corrected_rate(rate, age_seconds=10.0) == pytest.approx(4.0, rel=0.1)
+
+
+def test_abandonment_waits_a_whole_ttl_after_it_is_switched_on() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    ttl = 60
+
+    assert domain.stale_before(0, now - timedelta(hours=1), now) is None  # off
+    assert domain.stale_before(ttl, None, now) is None  # never switched on
+    assert domain.stale_before(ttl, now - timedelta(seconds=30), now) is None  # too recent
+    assert domain.stale_before(ttl, now - timedelta(hours=1), now) == now - timedelta(seconds=ttl)

@@ -10,6 +10,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from waiting_core.errors import FailedPrecondition, InvalidArgument
 
@@ -125,6 +126,20 @@ def pending_position(seq: int, head_seq: int, departed_between: int) -> int:
 def abandons(pending_ttl_seconds: int) -> bool:
     """Whether a schedule drops PENDING tokens nobody asks about (and so records asking)."""
     return pending_ttl_seconds > 0
+
+
+def stale_before(
+    pending_ttl_seconds: int, abandonment_since: datetime | None, now: datetime
+) -> datetime | None:
+    """PENDING tokens last seen before this moment are abandoned; None: nobody is yet.
+
+    "Seen" is recorded only while abandonment is on, so nobody is dropped before a whole TTL
+    has passed since it was switched on.
+    """
+    if not abandons(pending_ttl_seconds) or abandonment_since is None:
+        return None
+    cutoff = now - timedelta(seconds=pending_ttl_seconds)
+    return cutoff if abandonment_since < cutoff else None
 
 
 def tail_positions(pending_before: int, newcomers: int) -> list[int]:

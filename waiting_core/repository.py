@@ -340,18 +340,9 @@ async def expire_due_active(
     """ACTIVE tokens of the locked schedule whose TTL ran out become EXPIRED."""
     if schedule.active_count <= 0:
         return []
-    stmt = (
-        update(TokenRow)
-        .where(
-            TokenRow.schedule_id == schedule.schedule_id,
-            TokenRow.status == _ACTIVE,
-            TokenRow.expires_at <= now,
-        )
-        .values(status=TokenStatus.EXPIRED, ended_at=now)
-        .returning(TokenRow)
-        .execution_options(synchronize_session=False, populate_existing=True)
+    expired = await _expire_where(
+        session, schedule, now, TokenRow.status == _ACTIVE, TokenRow.expires_at <= now
     )
-    expired = (await session.execute(stmt)).scalars().all()
     schedule.active_count -= len(expired)
     return expired
 
@@ -360,25 +351,30 @@ async def abandon_stale_pending(
     session: AsyncSession, schedule: ScheduleRow, now: datetime
 ) -> Sequence[TokenRow]:
     """PENDING tokens nobody asked about for the schedule's pending TTL become EXPIRED."""
-    if not domain.abandons(schedule.pending_ttl_seconds):
+    stale_before = domain.stale_before(
+        schedule.pending_ttl_seconds, schedule.abandonment_since, now
+    )
+    if stale_before is None:
         return []
-    stale_before = now - timedelta(seconds=schedule.pending_ttl_seconds)
-    if schedule.abandonment_since is None or schedule.abandonment_since >= stale_before:
-        return []  # "seen" has been recorded for less than a TTL
+    abandoned = await _expire_where(
+        session, schedule, now, TokenRow.status == _PENDING, TokenRow.last_seen_at < stale_before
+    )
+    schedule.pending_count -= len(abandoned)
+    return abandoned
+
+
+async def _expire_where(
+    session: AsyncSession, schedule: ScheduleRow, now: datetime, *conditions: ColumnElement[bool]
+) -> Sequence[TokenRow]:
+    """The schedule's tokens matching ``conditions`` become EXPIRED, in one statement."""
     stmt = (
         update(TokenRow)
-        .where(
-            TokenRow.schedule_id == schedule.schedule_id,
-            TokenRow.status == _PENDING,
-            TokenRow.last_seen_at < stale_before,
-        )
+        .where(TokenRow.schedule_id == schedule.schedule_id, *conditions)
         .values(status=TokenStatus.EXPIRED, ended_at=now)
         .returning(TokenRow)
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    abandoned = (await session.execute(stmt)).scalars().all()
-    schedule.pending_count -= len(abandoned)
-    return abandoned
+    return (await session.execute(stmt)).scalars().all()
 
 
 async def schedules_with_due_expiry(session: AsyncSession, now: datetime) -> Sequence[int]:
