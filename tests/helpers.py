@@ -6,9 +6,11 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from activator.config import ActivatorSettings
 from activator.server import Activator
@@ -159,3 +161,29 @@ async def wait_counts(system: System, schedule_id: int, active: int, pending: in
         return status.active_count == active and status.pending_count == pending
 
     await eventually(reached)
+
+
+T = TypeVar("T")
+
+
+async def read_topic(
+    topic: str,
+    bootstrap: str,
+    pick: Callable[[ConsumerRecord[bytes, bytes]], T | None],
+    done: Callable[[list[T]], bool],
+    timeout: float = 30.0,
+) -> list[T]:
+    """Read ``topic`` from its start, keeping what ``pick`` returns, until ``done`` says so."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[T] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not done(found):
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    found.extend(p for r in records if (p := pick(r)) is not None)
+    finally:
+        await consumer.stop()
+    return found

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+from aiokafka import AIOKafkaProducer
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-from tests.helpers import System, issue, wait_counts
+from tests.helpers import System, issue, read_topic, wait_counts
 from waiting_core.events import EVENT_TYPE_HEADER, Topics, schedule_key
 
 POISON = [
@@ -47,16 +45,6 @@ async def test_poison_records_are_dead_lettered_and_the_line_keeps_moving(
 
 
 async def _read_dead_letters(topic: str, bootstrap: str, wanted: int) -> list[dict[str, bytes]]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    return await read_topic(
+        topic, bootstrap, lambda r: dict(r.headers), lambda found: len(found) >= wanted, timeout=20
     )
-    await consumer.start()
-    found: list[dict[str, bytes]] = []
-    try:
-        async with asyncio.timeout(20):
-            while len(found) < wanted:
-                for records in (await consumer.getmany(timeout_ms=300)).values():
-                    found.extend(dict(r.headers) for r in records)
-    finally:
-        await consumer.stop()
-    return found

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 from google.protobuf.message import DecodeError
 
-from tests.helpers import System, issue
+from tests.helpers import System, issue, read_topic
 from waiting.v1 import events_pb2
 
 
@@ -35,29 +33,19 @@ async def test_events_are_keyed_by_schedule_and_spread_over_partitions(
 
 
 async def _read_create_events(system: System, token_ids: set[str]) -> list[object]:
-    consumer = AIOKafkaConsumer(
-        system.token_api_settings.waiting_topic,
-        bootstrap_servers=system.token_api_settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    def mine(record: ConsumerRecord[bytes, bytes]) -> object | None:
+        if dict(record.headers).get("event-type") != b"waiting.v1.CreateTokenEvent":
+            return None
+        try:
+            event = events_pb2.CreateTokenEvent.FromString(record.value)
+        except DecodeError:
+            return None  # another test's poison record
+        return record if event.token_id in token_ids else None
+
+    settings = system.token_api_settings
+    return await read_topic(
+        settings.waiting_topic,
+        settings.kafka_bootstrap,
+        mine,
+        lambda found: len(found) >= len(token_ids),
     )
-    await consumer.start()
-    found: list[object] = []
-    try:
-        async with asyncio.timeout(30):
-            while len(found) < len(token_ids):
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        header = dict(record.headers).get("event-type")
-                        if header != b"waiting.v1.CreateTokenEvent":
-                            continue
-                        try:
-                            event = events_pb2.CreateTokenEvent.FromString(record.value)
-                        except DecodeError:
-                            continue  # another test's poison record
-                        if event.token_id in token_ids:
-                            found.append(record)
-    finally:
-        await consumer.stop()
-    return found

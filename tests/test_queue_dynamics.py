@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 
 from tests.helpers import (
     RPC_TIMEOUT,
@@ -14,6 +14,7 @@ from tests.helpers import (
     eventually,
     issue,
     queue_status,
+    read_topic,
     token_status,
     wait_counts,
 )
@@ -253,23 +254,18 @@ async def test_state_changes_are_published_to_token_events(
 async def _read_state_changes(
     system: System, schedule_id: int, wanted: int
 ) -> set[tuple[str, int]]:
-    consumer = AIOKafkaConsumer(
-        system.activator_settings.events_topic,
-        bootstrap_servers=system.activator_settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    def of_schedule(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int] | None:
+        if record.key != str(schedule_id).encode():
+            return None
+        event = events_pb2.TokenStateChangedEvent.FromString(record.value)
+        return (event.token_id, event.to_status)
+
+    settings = system.activator_settings
+    changes = await read_topic(
+        settings.events_topic,
+        settings.kafka_bootstrap,
+        of_schedule,
+        lambda found: len(set(found)) >= wanted,  # delivery is at least once
+        timeout=20,
     )
-    await consumer.start()
-    seen: set[tuple[str, int]] = set()
-    try:
-        async with asyncio.timeout(20):
-            while len(seen) < wanted:
-                for records in (await consumer.getmany(timeout_ms=300)).values():
-                    for record in records:
-                        if record.key != str(schedule_id).encode():
-                            continue
-                        event = events_pb2.TokenStateChangedEvent.FromString(record.value)
-                        seen.add((event.token_id, event.to_status))
-    finally:
-        await consumer.stop()
-    return seen
+    return set(changes)
