@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from aiokafka.partitioner import murmur2
 
 from activator.admission import Admitter
 from waiting_core import repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import schedule_key
@@ -64,7 +64,7 @@ class Sweeper(BackgroundWorker):
         owned, partitions = self._ownership()
         if not owned or partitions == 0:
             return 0
-        now = datetime.now(UTC)
+        now = utc_now()
         async with self._database.transaction(read_only=True) as session:
             due = set(await repository.schedules_with_due_expiry(session, now))
             due.update(await repository.schedules_to_settle(session))

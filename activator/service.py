@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import grpc
 
@@ -12,6 +11,7 @@ from activator.watch import WatchHub
 from waiting.v1 import queue_status_service_pb2 as pb
 from waiting.v1 import queue_status_service_pb2_grpc
 from waiting_core import domain, repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.seen import SeenTokens
 
@@ -31,7 +31,7 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
     ) -> pb.GetQueueStatusResponse:
         schedule_id = domain.validate_schedule_id(request.schedule_id)
         async with self._database.single_read() as session:
-            view = await read_queue_view(session, schedule_id, datetime.now(UTC))
+            view = await read_queue_view(session, schedule_id, utc_now())
         return pb.GetQueueStatusResponse(
             schedule_id=schedule_id,
             capacity=view.capacity,
@@ -45,7 +45,7 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
         self, request: pb.GetTokenStatusRequest, context: Context
     ) -> pb.GetTokenStatusResponse:
         token_id = domain.validate_token_id(request.token_id)
-        now = datetime.now(UTC)
+        now = utc_now()
         async with self._database.single_read() as session:
             found = await repository.read_token_in_line(session, token_id)
         view = token_view(found.token, found.position, found.schedule, now)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activator.admission import Settlement
 from activator.status import TokenView, read_token_views, token_view
 from waiting_core import repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import TokenNotFound, Unavailable
@@ -74,7 +74,7 @@ class WatchHub(BackgroundWorker):
 
     async def watch(self, token_id: str) -> AsyncIterator[TokenView]:
         """The token's view now, then its changes, until it leaves PENDING or ACTIVE."""
-        now = datetime.now(UTC)
+        now = utc_now()
         async with self._database.transaction(read_only=True) as session:
             token = await repository.get_token(session, token_id)
             view = (await read_token_views(session, [token], now))[token_id]
@@ -95,7 +95,7 @@ class WatchHub(BackgroundWorker):
         """Push status changes committed by this activator at once."""
         if not self._watchers:
             return
-        now = datetime.now(UTC)
+        now = utc_now()
         for tokens in (settlement.admitted, settlement.expired, settlement.abandoned):
             for token in tokens:
                 for watcher in self._watchers.get(token.token_id, ()):
@@ -127,7 +127,7 @@ class WatchHub(BackgroundWorker):
 
     async def _refresh(self, with_positions: bool) -> None:
         ids = list(self._watchers)
-        now = datetime.now(UTC)
+        now = utc_now()
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
             async with self._database.transaction(read_only=True) as session:

@@ -13,21 +13,16 @@ async def test_outbox_ids_are_never_reused(system: System, schedule_id: int) -> 
     database = system.token_api.database
     now = datetime.now(UTC)
 
-    def event() -> object:
+    async def write_and_delete_one() -> int:
         event = slots_freed_event(schedule_id, "test", now)
-        return outbox_row("t", schedule_id, event, now, "token_api")
+        async with database.transaction() as session:
+            row = outbox_row("t", schedule_id, event, now, "token_api")
+            session.add(row)
+            await session.flush()
+            await repository.delete_outbox_events(session, [row.id])
+        return row.id
 
-    async with database.transaction() as session:
-        first = event()
-        await repository.add_outbox_event(session, first)  # type: ignore[arg-type]
-        await session.flush()
-        first_id = first.id  # type: ignore[attr-defined]
-        await repository.delete_outbox_events(session, [first_id])
-    async with database.transaction() as session:
-        second = event()
-        await repository.add_outbox_event(session, second)  # type: ignore[arg-type]
-        await session.flush()
-        second_id = second.id  # type: ignore[attr-defined]
-        await repository.delete_outbox_events(session, [second_id])
+    first_id = await write_and_delete_one()
+    second_id = await write_and_delete_one()
 
     assert second_id > first_id

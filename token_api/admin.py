@@ -29,17 +29,18 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
             raise InvalidArgument("schedule", "is required")
         wanted = schedule_from_proto(request.schedule).validated()
         now = utc_now()
+        events = []
         async with self._database.transaction() as session:
             before = await repository.apply_settings(session, wanted, now)
             if wanted.capacity > before.capacity:
                 event = slots_freed_event(wanted.schedule_id, "capacity", now)
-                await repository.add_outbox_event(
-                    session,
+                events.append(
                     outbox_row(
                         self._topics.waiting, wanted.schedule_id, event, now, self._topics.origin
-                    ),
+                    )
                 )
-        self._relay.wake()
+            session.add_all(events)
+        self._relay.hand_over(events)
         return pb.UpsertScheduleResponse(schedule=schedule_to_proto(wanted))
 
     async def GetSchedule(

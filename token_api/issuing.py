@@ -14,11 +14,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting_core import domain, metrics, repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.events import Topics, create_token_event, outbox_row
 from waiting_core.models import OutboxRow, TokenRow
@@ -108,7 +109,7 @@ class IssueBatcher(BackgroundWorker):
         self, session: AsyncSession, schedule_id: int, users: Sequence[str]
     ) -> list[tuple[str, Issued]]:
         schedule = await repository.lock_schedule(session, schedule_id)
-        now = datetime.now(UTC)  # under the lock, so issue times follow the line's order
+        now = utc_now()  # under the lock, so issue times follow the line's order
         live = await repository.find_live_tokens(session, schedule_id, users)
         returning = list(live.values())
         positions = await repository.pending_positions(

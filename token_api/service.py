@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import grpc
 
 from token_api.issuing import IssueBatcher
@@ -18,7 +20,7 @@ from waiting_core.events import (
     state_changed_rows,
 )
 from waiting_core.messages import token_to_proto
-from waiting_core.models import TokenRow
+from waiting_core.models import OutboxRow, TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 
@@ -85,24 +87,32 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         token = await self._release(request.token_id, TokenStatus.CANCELLED)
         return pb.CancelTokenResponse(token=token_to_proto(token, 0))
 
+    def _release_events(
+        self, release: repository.Release, target: TokenStatus, now: datetime
+    ) -> list[OutboxRow]:
+        """The state change, and a freed slot for the activator, of a release that changed."""
+        events = []
+        if release.changed:
+            events += state_changed_rows(
+                self._topics, [release.token], release.previous, target, now
+            )
+        if release.freed_slot:
+            schedule_id = release.token.schedule_id
+            event = slots_freed_event(schedule_id, target.value.lower(), now)
+            events.append(
+                outbox_row(self._topics.waiting, schedule_id, event, now, self._topics.origin)
+            )
+        return events
+
     async def _release(self, raw_token_id: str, target: TokenStatus) -> TokenRow:
         token_id = domain.validate_token_id(raw_token_id)
         now = utc_now()
         async with self._database.transaction() as session:
             release = await repository.release_token(session, token_id, target, now)
-            if release.changed:
-                session.add_all(
-                    state_changed_rows(self._topics, [release.token], release.previous, target, now)
-                )
-            if release.freed_slot:
-                schedule_id = release.token.schedule_id
-                event = slots_freed_event(schedule_id, target.value.lower(), now)
-                await repository.add_outbox_event(
-                    session,
-                    outbox_row(self._topics.waiting, schedule_id, event, now, self._topics.origin),
-                )
+            events = self._release_events(release, target, now)
+            session.add_all(events)
+        self._relay.hand_over(events)
         if release.changed:
-            self._relay.wake()
             counter = (
                 metrics.TOKENS_COMPLETED
                 if target == TokenStatus.COMPLETED

@@ -1,10 +1,9 @@
 """The transactional outbox relay: publishes events written with their change, then deletes them.
 
-Writers add an ``OutboxRow`` in the transaction that changes the tokens. After the commit
-they either hand the committed rows over (:meth:`OutboxRelay.hand_over`, the fast path: the
-relay publishes them without reading them back) or call :meth:`OutboxRelay.wake` (the relay
-scans the table). A timer scans too, for anything left (the broker was down, the process
-restarted).
+Writers add ``OutboxRow`` objects in the transaction that changes the tokens and, after the
+commit, hand the same rows over (:meth:`OutboxRelay.hand_over`): the relay publishes them at
+once, without reading them back. A timer scans the table for anything left (the broker was
+down, the process restarted, a publish failed).
 
 Rows are deleted only after the broker acknowledged them (``acks=all``, idempotent producer),
 so an event is never lost. Acknowledged ids are deleted in one statement every
@@ -67,11 +66,6 @@ class OutboxRelay(BackgroundWorker):
         self._acked_at = 0.0  # when the oldest undeleted acknowledgement arrived
         self.published = 0
         super().__init__()
-
-    def wake(self) -> None:
-        """Scan the table soon: a transaction with outbox rows just committed."""
-        self._scan_due = True
-        self._wakeup.set()
 
     def hand_over(self, rows: Sequence[OutboxRow]) -> None:
         """Publish these just-committed rows soon, without reading them back."""

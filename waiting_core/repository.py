@@ -310,11 +310,6 @@ async def _lock_token(session: AsyncSession, token_id: str) -> TokenRow:
 # --- outbox ------------------------------------------------------------------------------
 
 
-async def add_outbox_event(session: AsyncSession, event: OutboxRow) -> None:
-    """Queue an event in the same transaction as the change it announces."""
-    session.add(event)
-
-
 async def oldest_outbox_events(
     session: AsyncSession, origin: str, limit: int
 ) -> Sequence[OutboxRow]:

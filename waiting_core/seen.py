@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 
 from waiting_core import domain, repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.models import ScheduleRow
 from waiting_core.worker import BackgroundWorker
@@ -53,7 +53,7 @@ class SeenTokens(BackgroundWorker):
     async def flush(self) -> None:
         """Mark every noted PENDING token as seen now."""
         noted, self._pending = list(self._pending), set()
-        now = datetime.now(UTC)
+        now = utc_now()
         for start in range(0, len(noted), CHUNK):
             async with self._database.transaction() as session:
                 await repository.touch_tokens(session, noted[start : start + CHUNK], now)
