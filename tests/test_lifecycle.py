@@ -23,11 +23,13 @@ async def test_services_stop_cleanly_when_the_broker_never_came(database_url: st
     activator = Activator(dataclasses.replace(activator_settings, shutdown_grace_seconds=0.5))
 
     await token_api.start()
-    await activator.start()
-    await asyncio.sleep(0.5)  # both are retrying the broker now
+    await activator.start()  # its consumer keeps trying to reach the broker in the background
 
-    await asyncio.wait_for(activator.stop(), timeout=15)
+    await asyncio.wait_for(activator.stop(), timeout=15)  # used to raise AssertionError
     await asyncio.wait_for(token_api.stop(), timeout=15)
+
+    assert not activator.consumer.ready.is_set()  # the broker was never reached
+    assert token_api.relay.published == 0
 
 
 async def test_a_service_refuses_a_schema_that_is_not_the_newest(tmp_path: Path) -> None:
