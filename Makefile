@@ -64,6 +64,8 @@ buf-lint: go-tools
 		"$$(go env GOPATH)/bin/buf" breaking --against '.git#ref=HEAD~1'; fi
 
 test: setup
+	@scripts/postgres.sh install || echo "make test: could not install PostgreSQL (needs root);" \
+		"its tests are skipped here and fail under CI=true"
 	$(BIN)/pytest
 
 test-sqlite: setup
