@@ -5,7 +5,7 @@ RUN go install github.com/grpc-ecosystem/grpc-health-probe@v0.4.37
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
-COPY --from=probe /go/bin/grpc-health-probe /usr/local/bin/grpc_health_probe
+COPY --from=probe /go/bin/grpc-health-probe /usr/local/bin/grpc-health-probe
 COPY pyproject.toml ./
 COPY protos ./protos
 COPY waiting_core ./waiting_core

@@ -10,11 +10,13 @@ PROTOS := $(wildcard protos/waiting/v1/*.proto)
 help:
 	@echo "make run      set up (venv, stubs, broker jars) and run broker + token_api + activator"
 	@echo "make test     run the tests against a real Kafka broker, on SQLite and PostgreSQL"
+	@echo "make setup    only the set-up part of make run: venv, dependencies, stubs, broker jars"
 	@echo "make demo     a crowd of simulated users through the real API (DEMO_ARGS=--help)"
 	@echo "make bench    measure against the targets; BENCH_ARGS=--full for the 1M line"
-	@echo "make lint     ruff format --check, ruff check, mypy --strict"
+	@echo "make lint     ruff format --check, ruff check, mypy --strict (code and tests)"
 	@echo "make proto    regenerate the Python stubs from protos/"
-	@echo "make stop     stop the background broker and PostgreSQL started by the scripts"
+	@echo "make stop     stop a running make run, and the broker and PostgreSQL of the scripts"
+	@echo "make clean    stop, then delete .run/ (database, broker data, admin credential) and gen/"
 
 $(BIN)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,8 +93,10 @@ postgres:
 	scripts/postgres.sh start
 
 stop:
+	scripts/run.sh stop
 	scripts/kafka.sh stop
 	scripts/postgres.sh stop
 
 clean: stop
+	scripts/postgres.sh remove
 	rm -rf gen .run .pytest_cache .mypy_cache .ruff_cache

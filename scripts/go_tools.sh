@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the pinned Go tools the smoke test and lint use: grpcurl, grpc_health_probe, buf.
+# Installs the pinned Go tools the smoke test and lint use: grpcurl, grpc-health-probe, buf.
 # They land in $(go env GOPATH)/bin; nothing is downloaded but Go modules.
 set -euo pipefail
 tools=(

@@ -5,7 +5,12 @@
 #   scripts/kafka.sh start            format storage if needed, start in the background, wait
 #   scripts/kafka.sh run              the same, in the foreground (Ctrl-C stops it cleanly)
 #   scripts/kafka.sh stop             stop the background broker (SIGTERM, then wait)
-#   scripts/kafka.sh status           exit 0 when the broker answers on its port
+#   scripts/kafka.sh status           exit 0 when this checkout's broker answers on its port
+#
+# `start` refuses (exit 3) when something else already listens on the port: another
+# checkout's broker, someone else's Kafka, or any other program. Sharing a broker by accident
+# mixes topics and consumer groups, so it is never done silently. The broker counts as this
+# checkout's when the process in its pid file is alive and runs this data dir's config.
 #
 # Settings (environment):
 #   KAFKA_PORT      PLAINTEXT port on 127.0.0.1 (default 9092); the controller uses PORT+1
@@ -83,6 +88,25 @@ is_up() {
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
 }
 
+is_ours() {
+  [ -f "$pid_file" ] || return 1
+  local pid
+  pid="$(cat "$pid_file")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$data_dir/server.properties"
+}
+
+refuse_foreign() {
+  cat >&2 <<EOF
+kafka.sh: 127.0.0.1:$port is already taken by a process this checkout did not start
+  (not the broker of $data_dir). Refusing to share it.
+  Stop whatever listens there (ss -ltnp 'sport = :$port' shows it), or move this
+  checkout's broker to a free port, e.g. KAFKA_PORT=19192 make run
+  (the services follow KAFKA_PORT unless KAFKA_BOOTSTRAP_SERVERS is set).
+EOF
+  exit 3
+}
+
 wait_ready() {
   local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90}))
   until is_up; do
@@ -109,7 +133,11 @@ prepare() {
 case "${1:-}" in
   fetch) fetch ;;
   start)
-    if is_up; then echo "kafka.sh: a broker already answers on 127.0.0.1:$port"; exit 0; fi
+    if is_ours && is_up; then
+      echo "kafka.sh: this checkout's broker already runs on 127.0.0.1:$port"
+      exit 0
+    fi
+    if is_up; then refuse_foreign; fi
     prepare
     nohup "${java_cmd[@]}" kafka.Kafka "$data_dir/server.properties" >"$log_file" 2>&1 &
     echo $! >"$pid_file"
@@ -129,9 +157,9 @@ case "${1:-}" in
     fi
     rm -f "$pid_file"
     ;;
-  status) is_up ;;
+  status) is_ours && is_up ;;
   *)
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,19p' "$0" >&2
     exit 2
     ;;
 esac

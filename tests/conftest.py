@@ -10,8 +10,6 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,9 +19,8 @@ import pytest
 
 from activator.server import Activator
 from tests.helpers import (
-    ADMIN_TOKEN,
-    BearerAuth,
     System,
+    admin_channel,
     create_postgres_database,
     settings_for,
     wait_assigned,
@@ -47,12 +44,6 @@ def unavailable(what: str) -> None:
     pytest.skip(what)
 
 
-def _reachable(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
 def _run_script(args: list[str], env: dict[str, str], what: str) -> None:
     result = subprocess.run(
         args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
@@ -74,8 +65,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "KAFKA_PORT": str(port),
         "KAFKA_DATA_DIR": str(tmp_path_factory.mktemp("kafka")),
     }
-    if not _reachable("127.0.0.1", port):
-        _run_script(["scripts/kafka.sh", "start"], env, "the Kafka broker")
+    # The script refuses a port that another program (or an earlier run's broker) holds.
+    _run_script(["scripts/kafka.sh", "start"], env, "the Kafka broker")
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -92,16 +83,14 @@ def postgres_server() -> Iterator[str]:
     if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
         unavailable("PostgreSQL is not installed (run: scripts/postgres.sh install)")
     port = int(os.environ.get("TEST_PG_PORT", "55433"))
-    # Not under /tmp/pytest-of-root: PostgreSQL runs as the postgres user, who cannot enter it.
-    data_dir = ROOT / ".run" / f"test-postgres-{port}"
-    shutil.rmtree(data_dir, ignore_errors=True)
-    env = {**os.environ, "PG_PORT": str(port), "PG_DATA_DIR": str(data_dir)}
+    # The script keeps the cluster where its owner can reach it, whatever the checkout's folder.
+    env = {k: v for k, v in os.environ.items() if k != "PG_DATA_DIR"} | {"PG_PORT": str(port)}
+    subprocess.run(["scripts/postgres.sh", "remove"], cwd=ROOT, env=env, check=False)
     _run_script(["scripts/postgres.sh", "start"], env, "PostgreSQL")
     try:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(["scripts/postgres.sh", "stop"], cwd=ROOT, env=env, check=False)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        subprocess.run(["scripts/postgres.sh", "remove"], cwd=ROOT, env=env, check=False)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
@@ -122,9 +111,7 @@ async def system(database_url: str, kafka_bootstrap: str) -> AsyncIterator[Syste
     async with TokenApi(token_settings) as token_api, Activator(activator_settings) as activator:
         await wait_assigned(activator)
         async with (
-            grpc.aio.insecure_channel(
-                f"127.0.0.1:{token_api.port}", interceptors=[BearerAuth(ADMIN_TOKEN)]
-            ) as token_channel,
+            admin_channel(f"127.0.0.1:{token_api.port}") as token_channel,
             grpc.aio.insecure_channel(f"127.0.0.1:{activator.port}") as activator_channel,
         ):
             yield System(

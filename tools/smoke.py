@@ -2,8 +2,8 @@
 
 Starts the system with ``make run``, runs the README's grpcurl lines verbatim (taken from
 the block under ``<!-- smoke: ... -->``, so the docs cannot rot), checks what they print,
-probes both services with grpc_health_probe, and stops everything with SIGINT, as Ctrl-C
-would.
+probes both services with grpc-health-probe, checks that every listener of the system is on
+127.0.0.1, and stops everything with ``make stop``, as a script would.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 
+import psutil
+
 from tools.system import ROOT, go_bin, wait_serving
 
 GO_BIN = go_bin()
-PLACEHOLDER = "<token_id from above>"
+# make run's listeners: gRPC, /metrics, the broker and its controller.
+PORTS = {50051, 50052, 9101, 9102, 9092, 9093}
 
 
 def expect(condition: bool, what: object) -> None:
@@ -41,7 +43,7 @@ def run(line: str) -> str:
     """One shell line with the Go tools on PATH; its stdout, or exit with its stderr."""
     env = {**os.environ, "PATH": f"{GO_BIN}:{os.environ['PATH']}"}
     result = subprocess.run(
-        ["bash", "-c", line], capture_output=True, text=True, env=env, check=False
+        ["bash", "-c", line], cwd=ROOT, capture_output=True, text=True, env=env, check=False
     )
     if result.returncode != 0:
         sys.exit(f"smoke: `{line}` failed:\n{result.stdout}\n{result.stderr}")
@@ -53,10 +55,9 @@ def check_lines(lines: list[str]) -> None:
     """Run the README's lines in order and check each answer."""
     issued = json.loads(run(lines[0]))["token"]
     expect(issued["status"] in ("TOKEN_STATUS_PENDING", "TOKEN_STATUS_ACTIVE"), issued)
-    status_line = lines[1].replace(PLACEHOLDER, issued["token_id"])
     deadline = time.monotonic() + 1.0
     while True:
-        status = json.loads(run(status_line))["token"]["status"]
+        status = json.loads(run(lines[1]))["token"]["status"]
         if status == "TOKEN_STATUS_ACTIVE" or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -67,6 +68,30 @@ def check_lines(lines: list[str]) -> None:
     expect(int(schedule["capacity"]) == 10, schedule)
     listing = run(lines[4])
     expect("waiting.v1.TokenService" in listing and "grpc.health.v1.Health" in listing, "")
+
+
+def check_loopback_only() -> None:
+    """Every listener of the running system is bound to 127.0.0.1, none to all interfaces."""
+    listening = [
+        c.laddr
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in PORTS
+    ]
+    ports = {address.port for address in listening if address}
+    expect(ports == PORTS, f"not all of {sorted(PORTS)} listen: {listening}")
+    exposed = [address for address in listening if address and address.ip != "127.0.0.1"]
+    expect(not exposed, f"listening beyond loopback: {exposed}")
+    print(f"smoke: ports {sorted(PORTS)} listen on 127.0.0.1 only")
+
+
+def stop(system: subprocess.Popen[bytes]) -> None:
+    """Stop make run the scripted way, and check that it ended."""
+    subprocess.run(["make", "--no-print-directory", "stop"], cwd=ROOT, check=True)
+    try:
+        system.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        system.kill()
+        sys.exit("smoke: make run was still running 60 s after make stop")
 
 
 def main() -> int:
@@ -80,10 +105,10 @@ def main() -> int:
         for port in (50051, 50052):
             probe = run(f"grpc-health-probe -addr=localhost:{port}")
             expect("SERVING" in probe, probe)
+        check_loopback_only()
     finally:
-        os.killpg(system.pid, signal.SIGINT)
-        system.wait(timeout=60)
-    print("smoke: README grpcurl lines and grpc_health_probe OK; make run stopped on SIGINT")
+        stop(system)
+    print("smoke: README lines, grpc-health-probe and loopback OK; make stop stopped make run")
     return 0
 
 
