@@ -13,10 +13,10 @@ from datetime import datetime
 
 from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
-from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import Topics, state_changed_rows
-from waiting_core.models import OutboxRow, ScheduleRow, TokenRow
+from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.outbox import OutboxRelay
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,6 @@ class Settlement:
     abandoned: Sequence[TokenRow] = field(default_factory=tuple)
     active_count: int = 0
     pending_count: int = 0
-    events: Sequence[OutboxRow] = field(default_factory=tuple)  # committed, for the relay
 
     @property
     def changed(self) -> bool:
@@ -42,14 +41,13 @@ class Admitter:
 
     def __init__(
         self,
-        database: Database,
+        relay: OutboxRelay,
         topics: Topics,
         on_change: Callable[[Settlement], None] | None = None,
     ) -> None:
-        self._database = database
+        self._relay = relay
         self._topics = topics
         self._listeners: list[Callable[[Settlement], None]] = [on_change] if on_change else []
-        self.admitted = 0
 
     def subscribe(self, listener: Callable[[Settlement], None]) -> None:
         """Call ``listener`` after every committed settlement that changed something."""
@@ -66,7 +64,8 @@ class Admitter:
         exceeds capacity (I1, I4): the schedule row's lock serialises the count and the
         update, and only PENDING rows can become ACTIVE. Admission takes the oldest first (I2).
         """
-        async with self._database.transaction() as session:
+        async with self._relay.transaction() as tx:
+            session = tx.session
             schedule = await repository.lock_schedule(session, schedule_id)
             now = utc_now()  # under the lock, so activation times follow admission order
             expired = await repository.expire_due_active(session, schedule, now)
@@ -75,18 +74,19 @@ class Admitter:
                 session, schedule, _admissions_now(schedule, now), now
             )
             _record_admissions(schedule, len(admitted), now)
-            events = [
-                *state_changed_rows(
-                    self._topics, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
-                ),
-                *state_changed_rows(
-                    self._topics, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
-                ),
-                *state_changed_rows(
-                    self._topics, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
-                ),
-            ]
-            session.add_all(events)
+            tx.publish(
+                [
+                    *state_changed_rows(
+                        self._topics, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
+                    ),
+                    *state_changed_rows(
+                        self._topics, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
+                    ),
+                    *state_changed_rows(
+                        self._topics, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
+                    ),
+                ]
+            )
         settlement = Settlement(
             schedule_id,
             admitted,
@@ -94,9 +94,7 @@ class Admitter:
             abandoned,
             active_count=schedule.active_count,
             pending_count=schedule.pending_count,
-            events=events,
         )
-        self.admitted += len(admitted)
         if settlement.changed:
             for listener in self._listeners:
                 listener(settlement)

@@ -12,7 +12,11 @@ from waiting_core.settings import port as valid_port
 class ActivatorSettings(CommonSettings):
     """Everything the activator can be told; see ``python -m activator --help``."""
 
-    host: str = setting("ACTIVATOR_HOST", "0.0.0.0", "address the gRPC server binds")  # noqa: S104
+    host: str = setting(
+        "ACTIVATOR_HOST",
+        "127.0.0.1",
+        "address the gRPC and /metrics servers bind (0.0.0.0: every interface)",
+    )
     port: int = setting("ACTIVATOR_PORT", 50052, "gRPC port (0 picks a free one)", valid_port)
     metrics_port: int = setting(
         "ACTIVATOR_METRICS_PORT", 9102, "Prometheus /metrics port (0 turns it off)", valid_port

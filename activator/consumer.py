@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ from activator.config import ActivatorSettings
 from waiting_core import metrics
 from waiting_core.errors import BadEvent, Unavailable
 from waiting_core.events import Topics, admission_schedule, ensure_topics
+from waiting_core.retry import backoff
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,22 @@ MAX_APPLY_ATTEMPTS = 5
 
 
 class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """On revoke, wait for the batch in flight to finish and commit before giving it up."""
+    """On revoke, wait for the batch in flight to finish and commit before giving it up.
+
+    ``joined`` is set at the first assignment (possibly of no partitions): the consumer is
+    then a member of its group.
+    """
 
     def __init__(self, batch_lock: asyncio.Lock) -> None:
         self._batch_lock = batch_lock
+        self.joined = asyncio.Event()
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._batch_lock:
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.joined.set()
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
 
@@ -56,12 +62,12 @@ class AdmissionConsumer:
         self._admitter = admitter
         self._topics = topics
         self._batch_lock = asyncio.Lock()
+        self._rebalance_listener = _FinishBatchOnRevoke(self._batch_lock)
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
-        self.dead_lettered = 0
 
     def ownership(self) -> tuple[frozenset[int], int]:
         """The waiting topic's partitions this consumer owns, and how many the topic has."""
@@ -72,6 +78,12 @@ class AdmissionConsumer:
             tp.partition for tp in consumer.assignment() if tp.topic == self._topics.waiting
         )
         return owned, len(consumer.partitions_for_topic(self._topics.waiting) or ())
+
+    async def membership_check(self) -> str | None:
+        """A readiness check: None once the consumer has joined its group."""
+        if self._rebalance_listener.joined.is_set():
+            return None
+        return f"the consumer has not joined group {self._settings.group_id!r} yet"
 
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this consumer owns now."""
@@ -164,9 +176,7 @@ class AdmissionConsumer:
             fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
             max_poll_records=self._settings.max_batch,
         )
-        self._consumer.subscribe(
-            [self._topics.waiting], listener=_FinishBatchOnRevoke(self._batch_lock)
-        )
+        self._consumer.subscribe([self._topics.waiting], listener=self._rebalance_listener)
         await self._consumer.start()
 
     async def _close_clients(self) -> None:
@@ -220,8 +230,7 @@ class AdmissionConsumer:
             await asyncio.sleep(self._backoff(attempt))
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._settings.retry_max_seconds, 0.05 * 2**attempt)
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
+        return backoff(attempt, cap=self._settings.retry_max_seconds)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
         producer = self._producer
@@ -236,7 +245,6 @@ class AdmissionConsumer:
         await producer.send_and_wait(
             self._topics.dead_letter, value=record.value, key=record.key, headers=headers
         )
-        self.dead_lettered += 1
         log.warning(
             "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
         )

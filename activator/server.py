@@ -14,6 +14,7 @@ from waiting.v1 import queue_status_service_pb2, queue_status_service_pb2_grpc
 from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
+from waiting_core.health import KafkaCheck, database_check
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 
@@ -43,8 +44,7 @@ class Activator(serving.GrpcService):
         )
         self.seen = SeenTokens(self.database)
         self.hub = WatchHub(self.read_database, self.seen)
-        self.admitter = Admitter(self.database, topics)
-        self.admitter.subscribe(lambda settlement: self.relay.hand_over(settlement.events))
+        self.admitter = Admitter(self.relay, topics)
         self.admitter.subscribe(self.hub.on_settlement)
         self.admitter.subscribe(record_metrics)
         self.consumer = AdmissionConsumer(settings, self.admitter, topics)
@@ -68,7 +68,15 @@ class Activator(serving.GrpcService):
                 self.consumer,
                 self.sweeper,
             ],
-            address=f"{settings.host}:{settings.port}",
+            # Ready when it can admit: the store answers, the broker answers, and the consumer
+            # has joined its group.
+            checks=[
+                database_check(self.database),
+                KafkaCheck(settings.kafka_bootstrap),
+                self.consumer.membership_check,
+            ],
+            host=settings.host,
+            port=settings.port,
             metrics_port=settings.metrics_port,
             grace_seconds=settings.shutdown_grace_seconds,
         )

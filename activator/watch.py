@@ -32,7 +32,6 @@ from waiting_core.worker import BackgroundWorker
 log = logging.getLogger(__name__)
 
 CHUNK = 500
-_LIVE = (TokenStatus.PENDING, TokenStatus.ACTIVE)
 
 
 class _Watcher:
@@ -61,7 +60,7 @@ class WatchHub(BackgroundWorker):
     ) -> None:
         self._database = database
         self._seen = seen
-        self._status_interval = status_interval
+        self.status_interval = status_interval
         self._position_interval = position_interval
         self._watchers: dict[str, set[_Watcher]] = {}
         self.polls = 0
@@ -86,7 +85,7 @@ class WatchHub(BackgroundWorker):
                 await watcher.changed.wait()
                 watcher.changed.clear()
                 yield watcher.latest
-                if watcher.status not in _LIVE:
+                if not watcher.status.is_live:
                     return
         finally:
             self._forget(token_id, watcher)
@@ -112,7 +111,7 @@ class WatchHub(BackgroundWorker):
         loop = asyncio.get_running_loop()
         next_positions = loop.time()
         while True:
-            await asyncio.sleep(self._status_interval)
+            await asyncio.sleep(self.status_interval)
             if not self._watchers:
                 continue
             with_positions = loop.time() >= next_positions

@@ -14,11 +14,12 @@ import json
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import grpc
 from sqlalchemy import select
 
-from tests.helpers import ADMIN_TOKEN, BearerAuth
+from tests.helpers import admin_channel
 from tools.system import ROOT, Cluster, Service
 from waiting.v1 import (
     schedule_service_pb2,
@@ -93,9 +94,7 @@ class FaultRun:
     async def configure(self) -> None:
         """A small capacity and a 1 s active TTL, so the line drains during the run."""
         assert self.token_api is not None
-        async with grpc.aio.insecure_channel(
-            self.token_api.address, interceptors=[BearerAuth(ADMIN_TOKEN)]
-        ) as channel:
+        async with admin_channel(self.token_api.address) as channel:
             await schedule_service_pb2_grpc.ScheduleServiceStub(channel).UpsertSchedule(
                 schedule_service_pb2.UpsertScheduleRequest(
                     schedule=schedule_service_pb2.Schedule(
@@ -119,7 +118,7 @@ class FaultRun:
 
     async def _client(
         self,
-        stub: token_service_pb2_grpc.TokenServiceStub,
+        stub: token_service_pb2_grpc.TokenServiceAsyncStub,
         users: asyncio.Queue[str],
         report: FaultReport,
         progress: asyncio.Event,
@@ -135,7 +134,7 @@ class FaultRun:
                 progress.set()
 
     async def _issue_with_retry(
-        self, stub: token_service_pb2_grpc.TokenServiceStub, user: str, report: FaultReport
+        self, stub: token_service_pb2_grpc.TokenServiceAsyncStub, user: str, report: FaultReport
     ) -> str:
         request = token_service_pb2.IssueTokenRequest(user_id=user, schedule_id=self.schedule_id)
         deadline = time.monotonic() + 90
@@ -217,7 +216,7 @@ class FaultRun:
         report.fifo_violations = sum(
             1
             for before, after in itertools.pairwise(ordered)
-            if after.activated_at < before.activated_at  # type: ignore[operator]
+            if _activated(after) < _activated(before)
         )
 
 
@@ -231,3 +230,8 @@ def assert_invariants(report: FaultReport) -> None:
     assert report.max_active_seen <= report.capacity, "I1"
     assert report.fifo_violations == 0, "I2"
     assert report.samples > 10, "the sampler hardly ran"
+
+
+def _activated(row: TokenRow) -> datetime:
+    assert row.activated_at is not None
+    return row.activated_at

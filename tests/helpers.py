@@ -6,7 +6,7 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
@@ -32,17 +32,34 @@ __all__ = ["create_postgres_database"]
 ADMIN_TOKEN = "test-admin-" + secrets.token_hex(8)
 
 
-class BearerAuth(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _UnaryUnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    _UnaryUnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor
+
+
+class BearerAuth(_UnaryUnaryInterceptor):
     """Adds the admin bearer credential to every call, as an admin client would."""
 
     def __init__(self, token: str) -> None:
         self._metadata = (("authorization", f"Bearer {token}"),)
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        details = client_call_details._replace(
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        details = client_call_details._replace(  # type: ignore[attr-defined]  # a namedtuple
             metadata=tuple(client_call_details.metadata or ()) + self._metadata
         )
         return await continuation(details, request)
+
+
+def admin_channel(address: str) -> grpc.aio.Channel:
+    """A channel whose calls carry the admin bearer credential."""
+    # grpc-stubs types `interceptors` so that every caller must cast or ignore.
+    return grpc.aio.insecure_channel(address, interceptors=[BearerAuth(ADMIN_TOKEN)])  # type: ignore[list-item]
 
 
 @dataclass
@@ -53,9 +70,9 @@ class System:
     activator: Activator
     token_api_settings: TokenApiSettings
     activator_settings: ActivatorSettings
-    tokens: token_service_pb2_grpc.TokenServiceStub
-    schedules: schedule_service_pb2_grpc.ScheduleServiceStub
-    queue: queue_status_service_pb2_grpc.QueueStatusServiceStub
+    tokens: token_service_pb2_grpc.TokenServiceAsyncStub
+    schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub
+    queue: queue_status_service_pb2_grpc.QueueStatusServiceAsyncStub
 
     @property
     def token_api_address(self) -> str:
@@ -73,7 +90,7 @@ def settings_for(
 ) -> tuple[TokenApiSettings, ActivatorSettings]:
     """Settings of both services for one test session: own topics and group, port 0."""
     suffix = secrets.token_hex(4)
-    common = {
+    common: dict[str, Any] = {
         "database_url": database_url,
         "kafka_bootstrap": kafka_bootstrap,
         "waiting_topic": f"waiting-token-{suffix}",

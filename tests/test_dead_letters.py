@@ -35,7 +35,9 @@ async def test_poison_records_are_dead_lettered_and_the_line_keeps_moving(
 
     await wait_counts(system, schedule_id, active=1, pending=0)
     letters = await _read_dead_letters(
-        Topics(settings.waiting_topic).dead_letter, settings.kafka_bootstrap, len(POISON)
+        Topics(origin="test", waiting=settings.waiting_topic).dead_letter,
+        settings.kafka_bootstrap,
+        len(POISON),
     )
     mine = [h for h in letters if h["dlt-original-topic"] == settings.waiting_topic.encode()]
     assert len(mine) == len(POISON)

@@ -24,7 +24,7 @@ class Downstream(token_service_pb2_grpc.TokenServiceServicer):
 
 
 @pytest.fixture
-async def downstream(system: System) -> AsyncIterator[token_service_pb2_grpc.TokenServiceStub]:
+async def downstream(system: System) -> AsyncIterator[token_service_pb2_grpc.TokenServiceAsyncStub]:
     async with grpc.aio.insecure_channel(system.token_api_address) as waiting_room:
         server = grpc.aio.server(interceptors=[TokenGate(waiting_room, [GUARDED])])
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(Downstream(), server)  # type: ignore[abstract]
@@ -36,7 +36,7 @@ async def downstream(system: System) -> AsyncIterator[token_service_pb2_grpc.Tok
 
 
 async def _call(
-    stub: token_service_pb2_grpc.TokenServiceStub, token_id: str, schedule: int
+    stub: token_service_pb2_grpc.TokenServiceAsyncStub, token_id: str, schedule: int
 ) -> grpc.StatusCode:
     metadata = ((TOKEN_HEADER, token_id), (SCHEDULE_HEADER, str(schedule)))
     try:
@@ -47,7 +47,7 @@ async def _call(
 
 
 async def test_the_gate_admits_only_active_tokens_of_the_schedule(
-    system: System, downstream: token_service_pb2_grpc.TokenServiceStub, schedule_id: int
+    system: System, downstream: token_service_pb2_grpc.TokenServiceAsyncStub, schedule_id: int
 ) -> None:
     await set_capacity(system, schedule_id, 1)
     active = await issue(system, "in", schedule_id)
@@ -66,7 +66,7 @@ async def test_the_gate_admits_only_active_tokens_of_the_schedule(
 
 
 async def test_the_gate_needs_the_headers(
-    downstream: token_service_pb2_grpc.TokenServiceStub,
+    downstream: token_service_pb2_grpc.TokenServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await downstream.GetToken(token_service_pb2.GetTokenRequest(), timeout=10)

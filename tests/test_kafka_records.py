@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeAlias
+
 from aiokafka import ConsumerRecord
 from google.protobuf.message import DecodeError
 
+from activator.maintenance import partition_of
 from tests.helpers import System, issue, read_topic
 from waiting.v1 import events_pb2
 
 
 async def test_events_are_keyed_by_schedule_and_spread_over_partitions(
-    system: System, new_schedule_id: object
+    system: System, new_schedule_id: Callable[[], int]
 ) -> None:
-    schedule_ids = [new_schedule_id() for _ in range(12)]  # type: ignore[operator]
+    schedule_ids = [new_schedule_id() for _ in range(12)]
     issued = {}
     for schedule_id in schedule_ids:
         for user in ("a", "b"):
@@ -30,10 +34,17 @@ async def test_events_are_keyed_by_schedule_and_spread_over_partitions(
         partitions_by_key.setdefault(record.key, set()).add(record.partition)
     assert all(len(p) == 1 for p in partitions_by_key.values()), "a schedule split partitions"
     assert len(set().union(*partitions_by_key.values())) > 1, "all schedules on one partition"
+    # The sweeper works out a schedule's partition itself: it must agree with the broker's.
+    partitions = system.activator_settings.topic_partitions
+    for key, (partition,) in partitions_by_key.items():
+        assert partition_of(int(key), partitions) == partition, f"schedule {key!r}"
 
 
-async def _read_create_events(system: System, token_ids: set[str]) -> list[object]:
-    def mine(record: ConsumerRecord[bytes, bytes]) -> object | None:
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+async def _read_create_events(system: System, token_ids: set[str]) -> list[Record]:
+    def mine(record: Record) -> Record | None:
         if dict(record.headers).get("event-type") != b"waiting.v1.CreateTokenEvent":
             return None
         try:

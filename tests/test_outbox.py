@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from tests.helpers import System
 from waiting_core import repository
-from waiting_core.events import outbox_row, slots_freed_event
+from waiting_core.events import Topics, slots_freed_row
 
 
 async def test_outbox_ids_are_never_reused(system: System, schedule_id: int) -> None:
@@ -14,9 +14,8 @@ async def test_outbox_ids_are_never_reused(system: System, schedule_id: int) -> 
     now = datetime.now(UTC)
 
     async def write_and_delete_one() -> int:
-        event = slots_freed_event(schedule_id, "test", now)
         async with database.transaction() as session:
-            row = outbox_row("t", schedule_id, event, now, "token_api")
+            row = slots_freed_row(Topics(origin="test", waiting="t"), schedule_id, "test", now)
             session.add(row)
             await session.flush()
             await repository.delete_outbox_events(session, [row.id])

@@ -315,9 +315,9 @@ def test_watch_token(services: Services, token_id: str) -> None:
             qs.WatchTokenRequest(token_id=_resolve(services, token_id)), timeout=10
         )
         try:
-            next(stream)
+            next(iter(stream))
         finally:
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
 
     _outcome(first_update)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import grpc
 from aiokafka import ConsumerRecord
 
+from activator.watch import WatchHub
 from tests.helpers import (
     RPC_TIMEOUT,
     System,
@@ -155,7 +157,8 @@ async def test_watch_streams_the_admission(system: System, schedule_id: int) -> 
     stream = system.queue.WatchToken(
         queue_status_service_pb2.WatchTokenRequest(token_id=waiter.token_id), timeout=30
     )
-    first = await stream.read()
+    updates = aiter(stream)
+    first = await anext(updates)
     assert first.token.status == PENDING
     assert first.token.position == 1
 
@@ -165,8 +168,8 @@ async def test_watch_streams_the_admission(system: System, schedule_id: int) -> 
 
     statuses = [first.token.status]
     while statuses[-1] != ACTIVE:
-        update = await stream.read()
-        assert update is not grpc.aio.EOF, f"stream ended after {statuses}"
+        update = await anext(updates, None)
+        assert update is not None, f"stream ended after {statuses}"
         statuses.append(update.token.status)
     stream.cancel()
 
@@ -179,17 +182,18 @@ async def test_watch_ends_when_the_token_leaves_the_line(system: System, schedul
     stream = system.queue.WatchToken(
         queue_status_service_pb2.WatchTokenRequest(token_id=waiter.token_id), timeout=30
     )
-    await stream.read()
+    updates = aiter(stream)
+    await anext(updates)
 
     await system.tokens.CancelToken(
         token_service_pb2.CancelTokenRequest(token_id=waiter.token_id), timeout=RPC_TIMEOUT
     )
 
-    updates = await _read_to_end(stream)
+    statuses = [update.token.status async for update in updates]
     # A position or wait refresh may still arrive before the cancellation; the stream must
     # end on CANCELLED and carry nothing else but PENDING views before it.
-    assert updates[-1] == token_pb2.TOKEN_STATUS_CANCELLED
-    assert set(updates[:-1]) <= {PENDING}
+    assert statuses[-1] == token_pb2.TOKEN_STATUS_CANCELLED
+    assert set(statuses[:-1]) <= {PENDING}
     assert await stream.code() == grpc.StatusCode.OK
 
 
@@ -203,27 +207,26 @@ async def test_many_watchers_share_one_poll(system: System, schedule_id: int) ->
         )
         for w in waiters
     ]
-    await asyncio.gather(*(s.read() for s in streams))
+    await asyncio.gather(*(anext(aiter(s)) for s in streams))
     hub = system.activator.hub
     await eventually(lambda: _at_least(hub, 200), timeout=10)
-    polls_before = hub.polls
+    started, polls_before = time.monotonic(), hub.polls
 
-    await asyncio.sleep(1.0)
+    # A stalled hub fails here; a hub that polled per stream makes 200 polls a tick.
+    await eventually(lambda: _polled_since(hub, polls_before, 10), timeout=10)
+    ticks = (time.monotonic() - started) / hub.status_interval
 
-    assert hub.polls - polls_before <= 25  # ~20 polls a second for all 200 streams
+    assert hub.polls - polls_before <= ticks + 2  # one poll a tick serves all 200 streams
     for stream in streams:
         stream.cancel()
 
 
-async def _read_to_end(stream: grpc.aio.UnaryStreamCall[object, object]) -> list[int]:
-    statuses = []
-    while (update := await stream.read()) is not grpc.aio.EOF:
-        statuses.append(update.token.status)  # type: ignore[attr-defined]
-    return statuses
+async def _at_least(hub: WatchHub, streams: int) -> bool:
+    return hub.watched >= streams
 
 
-async def _at_least(hub: object, streams: int) -> bool:
-    return getattr(hub, "watched", 0) >= streams
+async def _polled_since(hub: WatchHub, polls_before: int, polls: int) -> bool:
+    return hub.polls >= polls_before + polls
 
 
 async def test_state_changes_are_published_to_token_events(

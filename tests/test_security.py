@@ -35,11 +35,14 @@ async def test_admin_rpcs_need_the_bearer_credential(
     assert reason in (caught.value.details() or "")
 
 
-async def test_the_right_credential_is_accepted(system: System) -> None:
+async def test_the_right_credential_is_accepted(system: System, schedule_id: int) -> None:
+    never_configured = schedule_service_pb2.GetScheduleRequest(schedule_id=schedule_id)
     async with grpc.aio.insecure_channel(system.token_api_address) as channel:
         stub = schedule_service_pb2_grpc.ScheduleServiceStub(channel)
         reply = await stub.GetSchedule(
-            REQUEST, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),), timeout=RPC_TIMEOUT
+            never_configured,
+            metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+            timeout=RPC_TIMEOUT,
         )
 
     assert reply.schedule.capacity == 1000

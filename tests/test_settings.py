@@ -112,7 +112,8 @@ def test_json_logs_carry_the_request_id() -> None:
         logs.REQUEST_ID.set("req-42")
         logging.getLogger("t").info("hello", extra={"token_id": "tok", "schedule_id": 7})
     finally:
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
 
     entry = json.loads(stream.getvalue().strip().splitlines()[-1])
     assert entry["message"] == "hello"

@@ -16,6 +16,7 @@ from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import Topics
 from waiting_core.models import TokenRow
+from waiting_core.outbox import OutboxRelay
 
 
 @pytest.fixture
@@ -60,9 +61,13 @@ async def test_concurrent_admissions_on_one_schedule_respect_capacity(
     await set_capacity(system, schedule_id, 19)
     async with Database(system.activator_settings.database_url) as database:
         settings = system.activator_settings
-        admitter = Admitter(
-            database, Topics(settings.waiting_topic, settings.events_topic, origin="activator")
+        topics = Topics(
+            origin="activator", waiting=settings.waiting_topic, events=settings.events_topic
         )
+        relay = OutboxRelay(  # never started: the system's relay publishes what it commits
+            database, settings.kafka_bootstrap, topics=topics, partitions=settings.topic_partitions
+        )
+        admitter = Admitter(relay, topics)
         admitted = await asyncio.gather(*(admitter.admit(schedule_id) for _ in range(10)))
 
     assert sum(admitted) <= 12

@@ -9,13 +9,13 @@ from waiting_core import domain, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import InvalidArgument
-from waiting_core.events import Topics, outbox_row, slots_freed_event
-from waiting_core.messages import schedule_from_proto, schedule_to_proto
+from waiting_core.events import Topics, slots_freed_row
+from waiting_core.messages import schedule_to_proto, schedule_update_from_proto
 from waiting_core.outbox import OutboxRelay
 
 
 class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
-    """Reads and writes schedule settings. Raising capacity admits waiting tokens at once."""
+    """Reads and updates schedule settings. Raising capacity admits waiting tokens at once."""
 
     def __init__(self, database: Database, relay: OutboxRelay, topics: Topics) -> None:
         self._database = database
@@ -27,21 +27,13 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     ) -> pb.UpsertScheduleResponse:
         if not request.HasField("schedule"):
             raise InvalidArgument("schedule", "is required")
-        wanted = schedule_from_proto(request.schedule).validated()
+        update = schedule_update_from_proto(request)
         now = utc_now()
-        events = []
-        async with self._database.transaction() as session:
-            before = await repository.apply_settings(session, wanted, now)
-            if wanted.capacity > before.capacity:
-                event = slots_freed_event(wanted.schedule_id, "capacity", now)
-                events.append(
-                    outbox_row(
-                        self._topics.waiting, wanted.schedule_id, event, now, self._topics.origin
-                    )
-                )
-            session.add_all(events)
-        self._relay.hand_over(events)
-        return pb.UpsertScheduleResponse(schedule=schedule_to_proto(wanted))
+        async with self._relay.transaction() as tx:
+            before, after = await repository.apply_settings(tx.session, update, now)
+            if after.capacity > before.capacity:
+                tx.publish([slots_freed_row(self._topics, after.schedule_id, "capacity", now)])
+        return pb.UpsertScheduleResponse(schedule=schedule_to_proto(after))
 
     async def GetSchedule(
         self, request: pb.GetScheduleRequest, context: Context

@@ -1,7 +1,8 @@
 """Bearer-token guard for the admin ScheduleService.
 
 Admin RPCs need ``authorization: Bearer <ADMIN_TOKEN>``. With no ADMIN_TOKEN configured the
-admin API is closed. The credential is compared in constant time and never logged.
+admin API is closed. The credential is compared in constant time and never logged. A refusal
+is raised as ``errors.Unauthenticated``, which ``waiting_core.grpc_errors`` maps to the code.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from waiting_core.errors import Unauthenticated
 from waiting_core.grpc_errors import Handler
 
 ADMIN_PREFIX = "/waiting.v1.ScheduleService/"
@@ -27,8 +29,10 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
 
 
 def _deny(message: str) -> Handler:
+    """A handler that refuses the call; the error interceptor maps it to UNAUTHENTICATED."""
+
     async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        raise Unauthenticated(message)
 
     return grpc.unary_unary_rpc_method_handler(deny)
 

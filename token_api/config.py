@@ -12,7 +12,11 @@ from waiting_core.settings import port as valid_port
 class TokenApiSettings(CommonSettings):
     """Everything token_api can be told; see ``python -m token_api --help``."""
 
-    host: str = setting("TOKEN_API_HOST", "0.0.0.0", "address the gRPC server binds")  # noqa: S104
+    host: str = setting(
+        "TOKEN_API_HOST",
+        "127.0.0.1",
+        "address the gRPC and /metrics servers bind (0.0.0.0: every interface)",
+    )
     port: int = setting("TOKEN_API_PORT", 50051, "gRPC port (0 picks a free one)", valid_port)
     metrics_port: int = setting(
         "TOKEN_API_METRICS_PORT", 9101, "Prometheus /metrics port (0 turns it off)", valid_port

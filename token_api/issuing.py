@@ -16,14 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
-from waiting_core.database import Database
 from waiting_core.events import Topics, create_token_event, outbox_row
-from waiting_core.models import OutboxRow, TokenRow
-from waiting_core.outbox import OutboxRelay
+from waiting_core.models import TokenRow
+from waiting_core.outbox import OutboxRelay, OutboxTransaction
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -51,14 +48,11 @@ class IssueBatcher(BackgroundWorker):
 
     name = "issue-batcher"
 
-    def __init__(self, database: Database, relay: OutboxRelay, topics: Topics) -> None:
-        self._database = database
+    def __init__(self, relay: OutboxRelay, topics: Topics) -> None:
         self._relay = relay
         self._topics = topics
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._counts: list[tuple[int, int, int, int]] = []
-        self._events: list[OutboxRow] = []
-        self.batches = 0
         super().__init__()
 
     async def issue(self, user_id: str, schedule_id: int) -> Issued:
@@ -75,17 +69,15 @@ class IssueBatcher(BackgroundWorker):
             await asyncio.shield(self._write(batch))
 
     async def _write(self, batch: list[_Request]) -> None:
-        self._counts, self._events = [], []
+        self._counts = []
         try:
-            async with self._database.transaction() as session:
-                results = await self._write_batch(session, batch)
+            async with self._relay.transaction() as tx:
+                results = await self._write_batch(tx, batch)
         except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map
             for request in batch:
                 if not request.answer.done():
                     request.answer.set_exception(exc)
             return
-        self.batches += 1
-        self._relay.hand_over(self._events)
         for schedule_id, newcomers, pending, active in self._counts:
             metrics.TOKENS_ISSUED.labels(schedule_id).inc(newcomers)
             metrics.PENDING.labels(schedule_id).set(pending)
@@ -94,20 +86,21 @@ class IssueBatcher(BackgroundWorker):
             if not request.answer.done():
                 request.answer.set_result(issued)
 
-    async def _write_batch(self, session: AsyncSession, batch: list[_Request]) -> list[Issued]:
+    async def _write_batch(self, tx: OutboxTransaction, batch: list[_Request]) -> list[Issued]:
         by_schedule: dict[int, list[_Request]] = {}
         for request in batch:
             by_schedule.setdefault(request.schedule_id, []).append(request)
         issued: dict[tuple[int, str], Issued] = {}
         for schedule_id in sorted(by_schedule):  # one lock order for every writer
             users = list(dict.fromkeys(r.user_id for r in by_schedule[schedule_id]))
-            for user_id, result in await self._issue_for_schedule(session, schedule_id, users):
+            for user_id, result in await self._issue_for_schedule(tx, schedule_id, users):
                 issued[(schedule_id, user_id)] = result
         return [issued[(r.schedule_id, r.user_id)] for r in batch]
 
     async def _issue_for_schedule(
-        self, session: AsyncSession, schedule_id: int, users: Sequence[str]
+        self, tx: OutboxTransaction, schedule_id: int, users: Sequence[str]
     ) -> list[tuple[str, Issued]]:
+        session = tx.session
         schedule = await repository.lock_schedule(session, schedule_id)
         now = utc_now()  # under the lock, so issue times follow the line's order
         live = await repository.find_live_tokens(session, schedule_id, users)
@@ -123,13 +116,13 @@ class IssueBatcher(BackgroundWorker):
         ):
             live[token.user_id] = token
             positions[token.token_id] = position
-        self._announce(session, fresh, now)
+        self._announce(tx, fresh, now)
         self._counts.append(
             (schedule_id, len(newcomers), schedule.pending_count, schedule.active_count)
         )
         return [(u, Issued(live[u], positions[live[u].token_id])) for u in users]
 
-    def _announce(self, session: AsyncSession, tokens: Sequence[TokenRow], now: datetime) -> None:
+    def _announce(self, tx: OutboxTransaction, tokens: Sequence[TokenRow], now: datetime) -> None:
         """A CreateTokenEvent per new token, in the outbox of this transaction."""
         topics = self._topics
         events = [
@@ -142,5 +135,4 @@ class IssueBatcher(BackgroundWorker):
             )
             for t in tokens
         ]
-        session.add_all(events)
-        self._events.extend(events)
+        tx.publish(events)

@@ -18,6 +18,7 @@ from waiting.v1 import (
 from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
+from waiting_core.health import KafkaCheck, database_check
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 
@@ -46,7 +47,7 @@ class TokenApi(serving.GrpcService):
             topics=topics,
             partitions=settings.topic_partitions,
         )
-        self.batcher = IssueBatcher(self.database, self.relay, topics)
+        self.batcher = IssueBatcher(self.relay, topics)
         self.seen = SeenTokens(self.database)
         server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
@@ -60,7 +61,10 @@ class TokenApi(serving.GrpcService):
             server,
             SERVICE_NAMES,
             [self.database, self.relay, self.batcher, self.seen],
-            address=f"{settings.host}:{settings.port}",
+            # Ready when an issue can be taken: the store answers and so does the broker.
+            checks=[database_check(self.database), KafkaCheck(settings.kafka_bootstrap)],
+            host=settings.host,
+            port=settings.port,
             metrics_port=settings.metrics_port,
             grace_seconds=settings.shutdown_grace_seconds,
         )

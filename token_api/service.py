@@ -13,12 +13,7 @@ from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
-from waiting_core.events import (
-    Topics,
-    outbox_row,
-    slots_freed_event,
-    state_changed_rows,
-)
+from waiting_core.events import Topics, slots_freed_row, state_changed_rows
 from waiting_core.messages import token_to_proto
 from waiting_core.models import OutboxRow, TokenRow
 from waiting_core.outbox import OutboxRelay
@@ -97,21 +92,16 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
                 self._topics, [release.token], release.previous, target, now
             )
         if release.freed_slot:
-            schedule_id = release.token.schedule_id
-            event = slots_freed_event(schedule_id, target.value.lower(), now)
-            events.append(
-                outbox_row(self._topics.waiting, schedule_id, event, now, self._topics.origin)
-            )
+            reason = target.value.lower()
+            events.append(slots_freed_row(self._topics, release.token.schedule_id, reason, now))
         return events
 
     async def _release(self, raw_token_id: str, target: TokenStatus) -> TokenRow:
         token_id = domain.validate_token_id(raw_token_id)
         now = utc_now()
-        async with self._database.transaction() as session:
-            release = await repository.release_token(session, token_id, target, now)
-            events = self._release_events(release, target, now)
-            session.add_all(events)
-        self._relay.hand_over(events)
+        async with self._relay.transaction() as tx:
+            release = await repository.release_token(tx.session, token_id, target, now)
+            tx.publish(self._release_events(release, target, now))
         if release.changed:
             counter = (
                 metrics.TOKENS_COMPLETED

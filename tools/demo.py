@@ -42,6 +42,7 @@ from waiting.v1 import (
 from waiting.v1 import (
     token_service_pb2 as ts,
 )
+from waiting_core.retry import backoff
 
 T = TypeVar("T")
 EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - grpc-stubs does not know it
@@ -144,7 +145,7 @@ async def with_retry(crowd: Crowd, call: Callable[[], Awaitable[T]]) -> T:
             if exc.code() not in RETRYABLE or attempt == 7:
                 raise
             crowd.retries += 1
-            await asyncio.sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
+            await asyncio.sleep(backoff(attempt + 1, cap=5.0))
     raise AssertionError("unreachable")
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -29,12 +27,11 @@ from sqlalchemy.ext.asyncio import (
 
 from waiting_core.errors import StorageUnavailable
 from waiting_core.migrate import SchemaOutOfDate, check_revision
+from waiting_core.sqlite_locking import WRITE_LOCK_TIMEOUT, PollingWriterConnection
 
 log = logging.getLogger(__name__)
 
 _READ_ONLY = "waiting_read_only"
-_WRITE_LOCK_TIMEOUT = 30.0
-_WRITE_LOCK_POLLS = (0.0002, 0.0005, 0.001)  # then every millisecond
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -161,7 +158,9 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
-        url, echo=echo, connect_args={"timeout": 30, "factory": _PollingWriterConnection}
+        url,
+        echo=echo,
+        connect_args={"timeout": WRITE_LOCK_TIMEOUT, "factory": PollingWriterConnection},
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -172,7 +171,7 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(WRITE_LOCK_TIMEOUT * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -182,41 +181,3 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
-
-
-class _PollingWriterCursor(sqlite3.Cursor):
-    """Takes SQLite's write lock by polling for it every millisecond or less.
-
-    SQLite's own busy handler backs off to sleeps of 25-100 ms, which turns a brief wait for
-    the other service's commit into a long stall (two processes share the file). The polling
-    runs in aiosqlite's thread for this connection, never on the event loop; every other
-    statement keeps the 30 s busy timeout.
-    """
-
-    def execute(self, sql: str, parameters: Any = (), /) -> Self:
-        if sql == "BEGIN IMMEDIATE":
-            return self._begin_immediate()
-        return super().execute(sql, parameters)
-
-    def _begin_immediate(self) -> Self:
-        connection = self.connection
-        deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
-        pauses = iter(_WRITE_LOCK_POLLS)
-        connection.execute("PRAGMA busy_timeout=0")
-        try:
-            while True:
-                try:
-                    return super().execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                time.sleep(next(pauses, _WRITE_LOCK_POLLS[-1]))
-        finally:
-            connection.execute(f"PRAGMA busy_timeout={int(_WRITE_LOCK_TIMEOUT * 1000)}")
-
-
-class _PollingWriterConnection(sqlite3.Connection):
-    """A sqlite3 connection whose cursors poll for the write lock (see above)."""
-
-    def cursor(self, factory: Any = None) -> sqlite3.Cursor:  # type: ignore[override]
-        return super().cursor(factory or _PollingWriterCursor)

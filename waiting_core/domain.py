@@ -5,10 +5,12 @@ Nothing here does I/O; callers pass the clock's reading in.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import re
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,10 +40,13 @@ class TokenStatus(enum.StrEnum):
     @property
     def is_live(self) -> bool:
         """Whether the token still holds a place in line or a slot."""
-        return self in (TokenStatus.PENDING, TokenStatus.ACTIVE)
+        return self in LIVE_STATUSES
 
 
+# The one definition of "live" (the SQL in models.py is built from it).
 LIVE_STATUSES = (TokenStatus.PENDING, TokenStatus.ACTIVE)
+# A token that ends in one of these without ever being ACTIVE left the line unadmitted.
+DEPARTURE_STATUSES = (TokenStatus.CANCELLED, TokenStatus.EXPIRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,52 @@ class ScheduleSettings:
             "schedule.admit_rate_per_second", self.admit_rate_per_second, 0, MAX_ADMIT_RATE
         )
         return self
+
+
+SCHEDULE_SETTINGS = (
+    "capacity",
+    "active_ttl_seconds",
+    "pending_ttl_seconds",
+    "admit_rate_per_second",
+)
+REPLACE_ALL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleUpdate:
+    """An UpsertSchedule: the settings to write, as AIP-134 update semantics read them.
+
+    ``values`` holds the settings named by the mask (or implied by it). With ``replace_all``
+    every setting not in ``values`` goes back to its default; otherwise it keeps its value.
+    """
+
+    schedule_id: int
+    values: Mapping[str, int]
+    replace_all: bool = False
+
+    def applied_to(self, current: ScheduleSettings) -> ScheduleSettings:
+        """The settings after this update; InvalidArgument names the first bad field."""
+        base = ScheduleSettings(self.schedule_id) if self.replace_all else current
+        return dataclasses.replace(base, **self.values).validated()
+
+
+def mask_fields(paths: Sequence[str], populated: Sequence[str]) -> tuple[list[str], bool]:
+    """The settings an update mask names, and whether it replaces all of them ("*").
+
+    An empty mask means the fields the request populates. Raises InvalidArgument naming
+    ``update_mask`` for an unknown path or a "*" beside other paths.
+    """
+    if not paths:
+        return list(populated), False
+    if REPLACE_ALL in paths:
+        if len(paths) > 1:
+            raise InvalidArgument("update_mask", '"*" must be the only path')
+        return list(populated), True
+    for path in paths:
+        if path not in SCHEDULE_SETTINGS:
+            allowed = ", ".join(SCHEDULE_SETTINGS)
+            raise InvalidArgument("update_mask", f"unknown path {path!r}; paths are {allowed} or *")
+    return list(dict.fromkeys(paths)), False
 
 
 def _check_range(field: str, value: int, lowest: int, highest: int) -> None:

@@ -33,15 +33,16 @@ _ADMISSION_TRIGGERS: dict[str, type[Message]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topics:
     """The topic names, configurable so that tests and tenants can keep theirs apart."""
 
+    # Which service writes through this outbox: each service's relay publishes only its own
+    # rows, so the two relays sharing the table never send the same event twice. Required:
+    # a wrong default would make one service's relay send the other's events.
+    origin: str
     waiting: str = "waiting-token"
     events: str = "token-events"
-    # Which service writes through this outbox: each service's relay publishes only its own
-    # rows, so the two relays sharing the table never send the same event twice.
-    origin: str = "token_api"
 
     @property
     def dead_letter(self) -> str:
@@ -84,9 +85,10 @@ def create_token_event(
     )
 
 
-def slots_freed_event(schedule_id: int, reason: str, at: datetime) -> events_pb2.SlotsFreedEvent:
-    """The event saying a schedule may have room for its next PENDING tokens."""
-    return events_pb2.SlotsFreedEvent(schedule_id=schedule_id, reason=reason, at=timestamp(at))
+def slots_freed_row(topics: Topics, schedule_id: int, reason: str, at: datetime) -> OutboxRow:
+    """The outbox row telling the activator a schedule may have room for its next tokens."""
+    event = events_pb2.SlotsFreedEvent(schedule_id=schedule_id, reason=reason, at=timestamp(at))
+    return outbox_row(topics.waiting, schedule_id, event, at, topics.origin)
 
 
 def state_changed_rows(

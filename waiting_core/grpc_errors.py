@@ -49,20 +49,15 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+async def _abort_for(
+    exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> None:
     code = status_for(exc)
     if code is None or not isinstance(exc, DomainError):
-        log.exception("unhandled error in %s", _method_name(context))
+        log.exception("unhandled error in %s", method)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     else:
         await context.abort(code, exc.message)
-
-
-def _method_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    try:
-        return str(context._rpc_event.call_details.method.decode())  # type: ignore[attr-defined]
-    except AttributeError:
-        return "rpc"
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -85,7 +80,9 @@ async def _reject_unparsable(context: grpc.aio.ServicerContext[Any, Any]) -> Non
     )
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str
+) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request is _UNPARSABLE:
             await _reject_unparsable(context)
@@ -94,12 +91,14 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the mapping point for every error
-            await _abort_for(exc, context)
+            await _abort_for(exc, context, method)
 
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncIterator[Any]], method: str
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
@@ -111,7 +110,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the mapping point for every error
-            await _abort_for(exc, context)
+            await _abort_for(exc, context, method)
 
     return wrapped
 
@@ -130,13 +129,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         deserializer = _tolerant(handler.request_deserializer)
         if inspect.iscoroutinefunction(handler.unary_unary):
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
+                _wrap_unary(handler.unary_unary, handler_call_details.method),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if inspect.isasyncgenfunction(handler.unary_stream):
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
+                _wrap_stream(handler.unary_stream, handler_call_details.method),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -7,7 +7,8 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from waiting.v1 import schedule_service_pb2, token_pb2
-from waiting_core.domain import ScheduleSettings, TokenStatus
+from waiting_core import domain
+from waiting_core.domain import ScheduleSettings, ScheduleUpdate, TokenStatus
 from waiting_core.models import TokenRow
 
 _STATUS_TO_PROTO: dict[TokenStatus, token_pb2.TokenStatus.ValueType] = {
@@ -57,17 +58,24 @@ def schedule_to_proto(settings: ScheduleSettings) -> schedule_service_pb2.Schedu
     )
 
 
-def schedule_from_proto(message: schedule_service_pb2.Schedule) -> ScheduleSettings:
-    """Settings from a Schedule message; zero capacity and TTL mean "the default"."""
-    defaults = ScheduleSettings(message.schedule_id)
-    return ScheduleSettings(
-        schedule_id=message.schedule_id,
-        capacity=message.capacity if message.HasField("capacity") else defaults.capacity,
-        active_ttl_seconds=(
-            message.active_ttl_seconds
-            if message.HasField("active_ttl_seconds")
-            else defaults.active_ttl_seconds
-        ),
-        pending_ttl_seconds=message.pending_ttl_seconds,
-        admit_rate_per_second=message.admit_rate_per_second,
-    )
+def schedule_update_from_proto(
+    request: schedule_service_pb2.UpsertScheduleRequest,
+) -> ScheduleUpdate:
+    """The update an UpsertScheduleRequest asks for (its mask read as in AIP-134)."""
+    message = request.schedule
+    schedule_id = domain.validate_schedule_id(message.schedule_id, "schedule.schedule_id")
+    populated = [name for name in domain.SCHEDULE_SETTINGS if _is_populated(message, name)]
+    fields, replace_all = domain.mask_fields(list(request.update_mask.paths), populated)
+    defaults = ScheduleSettings(schedule_id)
+    values = {
+        name: getattr(message if _is_populated(message, name) else defaults, name)
+        for name in fields
+    }
+    return ScheduleUpdate(schedule_id, values, replace_all)
+
+
+def _is_populated(message: schedule_service_pb2.Schedule, name: str) -> bool:
+    """Present for an optional field; not 0 for a plain one."""
+    if message.DESCRIPTOR.fields_by_name[name].has_presence:
+        return message.HasField(name)  # type: ignore[arg-type]
+    return bool(getattr(message, name))

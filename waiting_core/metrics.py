@@ -42,10 +42,10 @@ RPC_SECONDS = Histogram(
 )
 
 
-def serve_metrics(port: int) -> None:
-    """Serve /metrics on ``port`` in a background thread; 0 means off."""
+def serve_metrics(host: str, port: int) -> None:
+    """Serve /metrics on ``host:port`` in a background thread; port 0 means off."""
     if port:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from outside
+        start_http_server(port, addr=host)
 
 
 def _code_of(exc: BaseException) -> str:

@@ -19,8 +19,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import TextClause
 
-from waiting_core.domain import TokenStatus
+from waiting_core.domain import DEPARTURE_STATUSES, LIVE_STATUSES, TokenStatus
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
@@ -53,12 +54,28 @@ StatusType = Enum(
 )
 
 
-# Predicates of the partial indexes; the queries in repository.py repeat them so that both
-# PostgreSQL and SQLite can use the indexes.
-_LIVE = text("status IN ('PENDING', 'ACTIVE')")
+def _sql_list(statuses: tuple[TokenStatus, ...]) -> str:
+    return "(" + ", ".join(f"'{status.value}'" for status in statuses) + ")"
+
+
+def live_predicate(qualifier: str = "") -> TextClause:
+    """SQL: the token is live (``TokenStatus.is_live``); ``qualifier`` is e.g. "tokens."."""
+    return text(f"{qualifier}status IN {_sql_list(LIVE_STATUSES)}")
+
+
+def departed_predicate(qualifier: str = "") -> TextClause:
+    """SQL: the token left the line without being admitted (cancelled or abandoned)."""
+    return text(
+        f"{qualifier}status IN {_sql_list(DEPARTURE_STATUSES)} AND {qualifier}activated_at IS NULL"
+    )
+
+
+# Predicates of the partial indexes, written as SQL literals: the queries in repository.py
+# use the same functions, so that both PostgreSQL and SQLite match them to the indexes.
+_LIVE = live_predicate()
 _PENDING = text("status = 'PENDING'")
 _ACTIVE = text("status = 'ACTIVE'")
-_DEPARTED = text("status IN ('CANCELLED', 'EXPIRED') AND activated_at IS NULL")
+_DEPARTED = departed_predicate()
 
 
 class Base(DeclarativeBase):

@@ -1,9 +1,10 @@
 """The transactional outbox relay: publishes events written with their change, then deletes them.
 
-Writers add ``OutboxRow`` objects in the transaction that changes the tokens and, after the
-commit, hand the same rows over (:meth:`OutboxRelay.hand_over`): the relay publishes them at
-once, without reading them back. A timer scans the table for anything left (the broker was
-down, the process restarted, a publish failed).
+Writers change the tokens and write their events in one ``async with relay.transaction() as
+tx:`` block (:meth:`OutboxRelay.transaction`): ``tx.publish(rows)`` adds the rows to the
+transaction, and once it has committed the relay publishes those same rows at once, without
+reading them back. A timer scans the table for anything left (the broker was down, the
+process restarted, a publish failed).
 
 Rows are deleted only after the broker acknowledged them (``acks=all``, idempotent producer),
 so an event is never lost. Acknowledged ids are deleted in one statement every
@@ -16,22 +17,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting_core import metrics, repository
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import EVENT_TYPE_HEADER, Topics, ensure_topics
 from waiting_core.models import OutboxRow
+from waiting_core.retry import backoff
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
+
+
+class OutboxTransaction:
+    """One database transaction of a writer, and the outbox rows it publishes."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.rows: list[OutboxRow] = []
+
+    def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Write these events in this transaction; the relay sends them once it commits."""
+        self.session.add_all(rows)
+        self.rows.extend(rows)
 
 
 class OutboxRelay(BackgroundWorker):
@@ -67,7 +83,19 @@ class OutboxRelay(BackgroundWorker):
         self.published = 0
         super().__init__()
 
-    def hand_over(self, rows: Sequence[OutboxRow]) -> None:
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[OutboxTransaction]:
+        """A write transaction whose published rows the relay sends after the commit.
+
+        Writing the events and handing them over are one step: a transaction that fails
+        hands nothing over, and one that commits cannot forget to.
+        """
+        async with self._database.transaction() as session:
+            transaction = OutboxTransaction(session)
+            yield transaction
+        self._hand_over(transaction.rows)
+
+    def _hand_over(self, rows: Sequence[OutboxRow]) -> None:
         """Publish these just-committed rows soon, without reading them back."""
         if rows:
             self._handed.extend(rows)
@@ -107,7 +135,7 @@ class OutboxRelay(BackgroundWorker):
                 self._handed.clear()  # still in the table: the next scan sends them
                 self._scan_due = True
                 failures += 1
-                delay = min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
+                delay = backoff(failures, cap=10.0)
                 log.warning("outbox relay: %s; retrying in %.2fs", _describe(exc), delay)
                 await asyncio.sleep(delay)
                 self._wakeup.set()

@@ -15,21 +15,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, literal_column, select, text, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from waiting_core import domain
-from waiting_core.domain import ScheduleSettings, TokenStatus
+from waiting_core.domain import ScheduleSettings, ScheduleUpdate, TokenStatus
 from waiting_core.errors import TokenNotFound
-from waiting_core.models import OutboxRow, ScheduleRow, TokenRow
+from waiting_core.models import (
+    OutboxRow,
+    ScheduleRow,
+    TokenRow,
+    departed_predicate,
+    live_predicate,
+)
 
 _PENDING: ColumnElement[str] = literal_column("'PENDING'")
 _ACTIVE: ColumnElement[str] = literal_column("'ACTIVE'")
-_LIVE = text("tokens.status IN ('PENDING', 'ACTIVE')")
-_DEPARTED = text("tokens.status IN ('CANCELLED', 'EXPIRED') AND tokens.activated_at IS NULL")
+_LIVE = live_predicate("tokens.")
+_DEPARTED = departed_predicate("tokens.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +111,12 @@ def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
 
 
 async def apply_settings(
-    session: AsyncSession, settings: ScheduleSettings, now: datetime
-) -> ScheduleSettings:
-    """Write the settings under the schedule's lock; return the settings they replaced."""
-    row = await lock_schedule(session, settings.schedule_id)
-    previous = settings_of(row, settings.schedule_id)
+    session: AsyncSession, update: ScheduleUpdate, now: datetime
+) -> tuple[ScheduleSettings, ScheduleSettings]:
+    """Apply the update under the schedule's lock; return the settings before and after."""
+    row = await lock_schedule(session, update.schedule_id)
+    previous = settings_of(row, update.schedule_id)
+    settings = update.applied_to(previous)
     if not domain.abandons(previous.pending_ttl_seconds) and domain.abandons(
         settings.pending_ttl_seconds
     ):
@@ -118,7 +125,7 @@ async def apply_settings(
     row.active_ttl_seconds = settings.active_ttl_seconds
     row.pending_ttl_seconds = settings.pending_ttl_seconds
     row.admit_rate_per_second = settings.admit_rate_per_second
-    return previous
+    return previous, settings
 
 
 # --- tokens ------------------------------------------------------------------------------
@@ -230,9 +237,7 @@ class TokenInLine:
 
 
 _DEPARTED_ALIAS = aliased(TokenRow, name="departed")
-_ALIAS_DEPARTED = text(
-    "departed.status IN ('CANCELLED', 'EXPIRED') AND departed.activated_at IS NULL"
-)
+_ALIAS_DEPARTED = departed_predicate("departed.")
 
 
 def _token_in_line_statement() -> Select[TokenRow, ScheduleRow, int]:

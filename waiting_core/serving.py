@@ -14,6 +14,7 @@ from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.a
 from grpc_reflection.v1alpha import reflection
 
 from waiting_core.grpc_errors import ErrorMappingInterceptor
+from waiting_core.health import Check, HealthReporter, set_health
 from waiting_core.logs import RequestIdInterceptor
 from waiting_core.metrics import MetricsInterceptor, serve_metrics
 
@@ -57,19 +58,6 @@ def add_health_and_reflection(
     return health_servicer
 
 
-async def set_health(
-    health_servicer: HealthServicer, service_names: Iterable[str], serving: bool
-) -> None:
-    """Mark the whole server ("") and each named service SERVING or NOT_SERVING."""
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in ["", *service_names]:
-        await health_servicer.set(name, status)
-
-
 async def wait_for_shutdown_signal() -> None:
     """Return on the first SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
@@ -93,9 +81,10 @@ class Component(Protocol):
 class GrpcService:
     """A grpc.aio server and its components: started in order, stopped in reverse.
 
-    ``start`` starts the components, binds the port, serves, and reports SERVING; ``stop``
-    reports NOT_SERVING, lets in-flight RPCs finish within the grace period, then stops the
-    components last-started first. Both are idempotent; ``async with`` works too.
+    ``start`` starts the components, binds the port and serves; health says SERVING once
+    every readiness check passes (:mod:`waiting_core.health`), and NOT_SERVING whenever one
+    fails. ``stop`` reports NOT_SERVING, lets in-flight RPCs finish within the grace period,
+    then stops the components last-started first. Both are idempotent; ``async with`` works.
     """
 
     def __init__(
@@ -105,7 +94,9 @@ class GrpcService:
         service_names: Iterable[str],
         components: list[Component],
         *,
-        address: str,
+        checks: list[Check],
+        host: str,
+        port: int,
         metrics_port: int,
         grace_seconds: float,
     ) -> None:
@@ -113,9 +104,11 @@ class GrpcService:
         self.server = server
         self.service_names = list(service_names)
         self.health = add_health_and_reflection(server, self.service_names)
+        self.readiness = HealthReporter(self.health, self.service_names, checks)
         self.port = 0
         self._components = components
-        self._address = address
+        self._host = host
+        self._address = f"{host}:{port}"
         self._metrics_port = metrics_port
         self._grace = grace_seconds
         self._started = False
@@ -128,9 +121,10 @@ class GrpcService:
         for component in self._components:
             await component.start()
         self.port = self.server.add_insecure_port(self._address)
+        await set_health(self.health, self.service_names, serving=False)
         await self.server.start()
-        serve_metrics(self._metrics_port)
-        await set_health(self.health, self.service_names, serving=True)
+        serve_metrics(self._host, self._metrics_port)
+        await self.readiness.start()
         log.info("%s serving on %s (port %d)", self.name, self._address, self.port)
 
     async def stop(self) -> None:
@@ -138,6 +132,7 @@ class GrpcService:
         if not self._started:
             return
         self._started = False
+        await self.readiness.stop()
         await set_health(self.health, self.service_names, serving=False)
         await self.server.stop(self._grace)
         for component in reversed(self._components):

@@ -119,7 +119,8 @@ def describe(cls: type[Any]) -> str:
     """One line per environment variable: name, default and meaning."""
     lines = []
     for field in dataclasses.fields(cls):
-        default = "<secret>" if field.metadata["secret"] else field.default
+        hidden = field.metadata["secret"] and field.default
+        default = "<secret>" if hidden else field.default
         lines.append(
             f"  {field.metadata['env']:<34} {field.metadata['help']} (default: {default!r})"
         )
