@@ -36,7 +36,8 @@ cleanup() {
   if [ "$(cat "$pid_file" 2>/dev/null)" = $$ ]; then rm -f "$pid_file"; fi
   echo "run.sh: stopped."
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 0' INT TERM  # asked to stop: a clean stop is a success
+trap cleanup EXIT
 
 admin_token() {
   if [ ! -s "$token_file" ]; then

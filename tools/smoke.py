@@ -8,6 +8,7 @@ probes both services with grpc-health-probe, checks that every listener of the s
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -71,7 +72,7 @@ def check_lines(lines: list[str]) -> None:
 
 
 def check_loopback_only() -> None:
-    """Every listener of the running system is bound to 127.0.0.1, none to all interfaces."""
+    """Every listener of the running system is bound to loopback, none to all interfaces."""
     listening = [
         c.laddr
         for c in psutil.net_connections(kind="inet")
@@ -79,9 +80,16 @@ def check_loopback_only() -> None:
     ]
     ports = {address.port for address in listening if address}
     expect(ports == PORTS, f"not all of {sorted(PORTS)} listen: {listening}")
-    exposed = [address for address in listening if address and address.ip != "127.0.0.1"]
+    exposed = [address for address in listening if address and not _is_loopback(address.ip)]
     expect(not exposed, f"listening beyond loopback: {exposed}")
-    print(f"smoke: ports {sorted(PORTS)} listen on 127.0.0.1 only")
+    print(f"smoke: ports {sorted(PORTS)} listen on loopback only: {sorted(set(listening))}")
+
+
+def _is_loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1, also as an IPv4-mapped IPv6 address (Java and gRPC bind those)."""
+    address = ipaddress.ip_address(ip)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 def stop(system: subprocess.Popen[bytes]) -> None:
