@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from waiting_core import domain
+from waiting_core import domain, retry
 from waiting_core.domain import ScheduleSettings, TokenStatus
 from waiting_core.errors import FailedPrecondition, InvalidArgument
 
@@ -131,3 +131,50 @@ def test_abandonment_waits_a_whole_ttl_after_it_is_switched_on() -> None:
     assert domain.stale_before(ttl, None, now) is None  # never switched on
     assert domain.stale_before(ttl, now - timedelta(seconds=30), now) is None  # too recent
     assert domain.stale_before(ttl, now - timedelta(hours=1), now) == now - timedelta(seconds=ttl)
+
+
+def test_an_update_keeps_what_it_does_not_name() -> None:
+    current = ScheduleSettings(5, capacity=5, active_ttl_seconds=60, pending_ttl_seconds=30)
+    update = domain.ScheduleUpdate(5, {"admit_rate_per_second": 10})
+
+    assert update.applied_to(current) == ScheduleSettings(5, 5, 60, 30, 10)
+
+
+def test_replace_all_starts_from_the_defaults() -> None:
+    current = ScheduleSettings(5, capacity=5, active_ttl_seconds=60, pending_ttl_seconds=30)
+    update = domain.ScheduleUpdate(5, {"capacity": 9}, replace_all=True)
+
+    assert update.applied_to(current) == ScheduleSettings(5, capacity=9)
+
+
+def test_an_update_to_a_bad_value_names_the_field() -> None:
+    with pytest.raises(InvalidArgument, match=r"^schedule.capacity: "):
+        domain.ScheduleUpdate(5, {"capacity": 0}).applied_to(ScheduleSettings(5))
+
+
+@pytest.mark.parametrize(
+    ("paths", "populated", "expected"),
+    [
+        ([], ["capacity"], (["capacity"], False)),
+        (["*"], ["capacity"], (["capacity"], True)),
+        (["pending_ttl_seconds", "pending_ttl_seconds"], [], (["pending_ttl_seconds"], False)),
+    ],
+)
+def test_mask_fields(
+    paths: list[str], populated: list[str], expected: tuple[list[str], bool]
+) -> None:
+    assert domain.mask_fields(paths, populated) == expected
+
+
+@pytest.mark.parametrize("paths", [["colour"], ["*", "capacity"], ["schedule_id"]])
+def test_bad_masks_name_update_mask(paths: list[str]) -> None:
+    with pytest.raises(InvalidArgument, match=r"^update_mask: "):
+        domain.mask_fields(paths, [])
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 5, 30])
+def test_backoff_stays_in_the_upper_half_of_its_capped_window(attempt: int) -> None:
+    ceiling = min(3.0, retry.BASE_SECONDS * 2**attempt)
+    waits = [retry.backoff(attempt, cap=3.0) for _ in range(200)]
+
+    assert all(ceiling / 2 <= wait <= ceiling for wait in waits)
