@@ -7,16 +7,22 @@ bucket refilling) ends here, so there is one code path that changes ACTIVE count
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
 from waiting_core.domain import TokenStatus
 from waiting_core.events import Topics, state_changed_rows
 from waiting_core.models import ScheduleRow, TokenRow
-from waiting_core.outbox import OutboxRelay
+from waiting_core.outbox import OutboxRelay, OutboxTransaction
+
+# Schedules settled in one transaction: enough to share the commit, few enough that the
+# locks (on SQLite, the one write lock) are not held for long.
+SETTLE_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,7 @@ class Settlement:
     abandoned: Sequence[TokenRow] = field(default_factory=tuple)
     active_count: int = 0
     pending_count: int = 0
+    next_due_at: datetime | None = None
 
     @property
     def changed(self) -> bool:
@@ -48,66 +55,95 @@ class Admitter:
         self._relay = relay
         self._topics = topics
         self._listeners: list[Callable[[Settlement], None]] = [on_change] if on_change else []
+        self._due_watchers: list[Callable[[Settlement], None]] = []
 
     def subscribe(self, listener: Callable[[Settlement], None]) -> None:
         """Call ``listener`` after every committed settlement that changed something."""
         self._listeners.append(listener)
+
+    def watch_due(self, watcher: Callable[[Settlement], None]) -> None:
+        """Call ``watcher`` after every committed settlement, with its next due moment."""
+        self._due_watchers.append(watcher)
 
     async def admit(self, schedule_id: int) -> int:
         """Settle the schedule; return how many tokens were admitted."""
         return len((await self.settle(schedule_id)).admitted)
 
     async def settle(self, schedule_id: int) -> Settlement:
-        """Lock the schedule; expire, drop the abandoned, admit up to the free slots; commit.
+        """Settle one schedule in its own transaction (see ``settle_many``)."""
+        return (await self.settle_many([schedule_id]))[0]
 
-        Running it twice, or from two activators at once, admits nobody twice and never
-        exceeds capacity (I1, I4): the schedule row's lock serialises the count and the
-        update, and only PENDING rows can become ACTIVE. Admission takes the oldest first (I2).
+    async def settle_many(self, schedule_ids: Iterable[int]) -> list[Settlement]:
+        """Settle the schedules, up to SETTLE_BATCH of them per transaction, in id order.
+
+        Each schedule: lock its row; expire, drop the abandoned, admit up to the free slots;
+        plan its next due moment. Running it twice, or from two activators at once, admits
+        nobody twice and never exceeds capacity (I1, I4): the schedule row's lock serialises
+        the count and the update, and only PENDING rows can become ACTIVE. Admission takes
+        the oldest first (I2). Locks are taken in id order, the one order of every writer.
         """
-        async with self._relay.transaction() as tx:
-            session = tx.session
-            schedule = await repository.lock_schedule(session, schedule_id)
-            now = utc_now()  # under the lock, so activation times follow admission order
-            expired = await repository.expire_due_active(session, schedule, now)
-            abandoned = await repository.abandon_stale_pending(session, schedule, now)
-            admitted = await repository.admit_oldest(
-                session, schedule, _admissions_now(schedule, now), now
-            )
-            _record_admissions(schedule, len(admitted), now)
-            tx.publish(
-                [
-                    *state_changed_rows(
-                        self._topics, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
-                    ),
-                    *state_changed_rows(
-                        self._topics, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
-                    ),
-                    *state_changed_rows(
-                        self._topics, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
-                    ),
+        ids = sorted(set(schedule_ids))
+        settlements: list[Settlement] = []
+        for start in range(0, len(ids), SETTLE_BATCH):
+            async with self._relay.transaction() as tx:
+                batch = [
+                    await self._settle_locked(tx, s) for s in ids[start : start + SETTLE_BATCH]
                 ]
-            )
-        settlement = Settlement(
+            self._report(batch)
+            settlements += batch
+        return settlements
+
+    async def _settle_locked(self, tx: OutboxTransaction, schedule_id: int) -> Settlement:
+        session = tx.session
+        schedule = await repository.lock_schedule(session, schedule_id)
+        now = utc_now()  # under the lock, so activation times follow admission order
+        expired = await repository.expire_due_active(session, schedule, now)
+        abandoned = await repository.abandon_stale_pending(session, schedule, now)
+        admitted = await repository.admit_oldest(
+            session, schedule, _admissions_now(schedule, now), now
+        )
+        _record_admissions(schedule, len(admitted), now)
+        schedule.next_due_at = await _next_due(session, schedule, now)
+        tx.publish(
+            [
+                *state_changed_rows(
+                    self._topics, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
+                ),
+                *state_changed_rows(
+                    self._topics, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
+                ),
+                *state_changed_rows(
+                    self._topics, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
+                ),
+            ]
+        )
+        return Settlement(
             schedule_id,
             admitted,
             expired,
             abandoned,
             active_count=schedule.active_count,
             pending_count=schedule.pending_count,
+            next_due_at=schedule.next_due_at,
         )
-        if settlement.changed:
-            for listener in self._listeners:
-                listener(settlement)
-        return settlement
+
+    def _report(self, settlements: Sequence[Settlement]) -> None:
+        """Tell the watchers and listeners about committed settlements."""
+        for settlement in settlements:
+            for watcher in self._due_watchers:
+                watcher(settlement)
+            if settlement.changed:
+                for listener in self._listeners:
+                    listener(settlement)
 
 
 def record_metrics(settlement: Settlement) -> None:
     """Count a committed settlement's changes in the Prometheus metrics."""
-    schedule = settlement.schedule_id
-    metrics.TOKENS_ADMITTED.labels(schedule).inc(len(settlement.admitted))
-    metrics.TOKENS_EXPIRED.labels(schedule).inc(len(settlement.expired) + len(settlement.abandoned))
-    metrics.ACTIVE.labels(schedule).set(settlement.active_count)
-    metrics.PENDING.labels(schedule).set(settlement.pending_count)
+    metrics.TOKENS_ADMITTED.inc(len(settlement.admitted))
+    metrics.TOKENS_EXPIRED.inc(len(settlement.expired) + len(settlement.abandoned))
+    metrics.LIVE_LINES.record(
+        settlement.schedule_id, settlement.pending_count, settlement.active_count
+    )
     for token in settlement.admitted:
         if token.activated_at is not None:
             metrics.ISSUE_TO_ADMIT.observe((token.activated_at - token.issued_at).total_seconds())
@@ -122,6 +158,33 @@ def _admissions_now(schedule: ScheduleRow, now: datetime) -> int:
         schedule.admit_rate_per_second, schedule.rate_allowance, elapsed
     )
     return domain.admissions_allowed(free, allowance)
+
+
+async def _next_due(session: AsyncSession, schedule: ScheduleRow, now: datetime) -> datetime | None:
+    """When the settled schedule next needs settling without an event (domain.next_due)."""
+    earliest_expiry, earliest_seen = await repository.earliest_deadlines(session, schedule)
+    return domain.next_due(
+        now,
+        earliest_expiry,
+        domain.next_abandonment(
+            earliest_seen, schedule.pending_ttl_seconds, schedule.abandonment_since
+        ),
+        _next_rate_admission(schedule, now),
+    )
+
+
+def _next_rate_admission(schedule: ScheduleRow, now: datetime) -> datetime | None:
+    """When the rate bucket lets the next waiting token in, if only the rate holds it back."""
+    waiting = schedule.pending_count > 0
+    if not waiting or domain.free_slots(schedule.capacity, schedule.active_count) == 0:
+        return None
+    allowance = domain.rate_allowance(
+        schedule.admit_rate_per_second,
+        schedule.rate_allowance,
+        _seconds_since(schedule.rate_checked_at, now),
+    )
+    wait = domain.rate_wait_seconds(schedule.admit_rate_per_second, allowance)
+    return None if wait is None else now + timedelta(seconds=wait)
 
 
 def _record_admissions(schedule: ScheduleRow, admitted: int, now: datetime) -> None:

@@ -37,10 +37,10 @@ class ActivatorSettings(CommonSettings):
     max_batch: int = setting(
         "MAX_BATCH_RECORDS", 2000, "most records applied per consumer batch", positive
     )
-    sweep_interval_seconds: float = setting(
-        "SWEEP_INTERVAL_SECONDS",
-        0.25,
-        "how often expiry, abandonment and refills are swept",
+    stalled_check_seconds: float = setting(
+        "STALLED_CHECK_SECONDS",
+        5.0,
+        "how often the sweeper also looks for lines with free slots that nothing woke",
         positive,
     )
     retry_max_seconds: float = setting(

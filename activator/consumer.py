@@ -1,8 +1,9 @@
 """The Kafka side of the activator: consume ``waiting-token``, admit, then commit offsets.
 
 Offsets are committed only after the admission transactions of a batch committed (I3).
-A batch's events are reduced to the set of schedules they name, and each schedule gets one
-admission transaction, so a burst of CreateTokenEvents costs one statement, not one each.
+A batch's events are reduced to the set of schedules they name, which are settled together,
+up to a hundred schedules per transaction, so a burst of CreateTokenEvents costs one
+admission per schedule, and many schedules share one commit.
 Records that cannot be decoded go to the dead-letter topic with their coordinates and the
 error in headers, and the partition moves on. A database outage is retried with
 exponential back-off and jitter, without committing.
@@ -195,8 +196,7 @@ class AdmissionConsumer:
                     by_schedule[admission_schedule(record.headers, record.value)].append(record)
                 except BadEvent as exc:
                     await self._dead_letter(record, exc)
-        for schedule_id, records in sorted(by_schedule.items()):
-            await self._admit_with_retry(schedule_id, records)
+        await self._settle_batch(by_schedule)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         for tp, next_offset in offsets.items():
             highwater = consumer.highwater(tp)
@@ -208,6 +208,29 @@ class AdmissionConsumer:
             # A rebalance or a broker outage: whoever owns the partitions next re-reads these
             # records, which is harmless because admission is idempotent.
             log.warning("offset commit failed (%s); the records will be read again", exc)
+
+    async def _settle_batch(
+        self, by_schedule: dict[int, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Settle every schedule the batch names, sharing transactions; retry while the
+        database is unavailable. Any other failure falls back to one schedule at a time, so
+        that only the records of a schedule that cannot be settled are dead-lettered."""
+        attempt = 0
+        while True:
+            try:
+                await self._admitter.settle_many(by_schedule)
+                return
+            except Unavailable as exc:
+                attempt += 1
+                log.warning(
+                    "settling %d schedules: %s (attempt %d)", len(by_schedule), exc, attempt
+                )
+                await asyncio.sleep(self._backoff(attempt))
+            except Exception:
+                log.exception("settling %d schedules failed; one at a time", len(by_schedule))
+                for schedule_id, records in sorted(by_schedule.items()):
+                    await self._admit_with_retry(schedule_id, records)
+                return
 
     async def _admit_with_retry(
         self, schedule_id: int, records: list[ConsumerRecord[bytes, bytes]]

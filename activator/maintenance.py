@@ -1,21 +1,28 @@
-"""The sweeper: settles schedules that need it without waiting for a Kafka event.
+"""The sweeper: settles schedules whose next due moment has come, without waiting for an event.
 
-Every tick it looks for schedules whose ACTIVE tokens expired, that have free slots and a
-line (a rate limit held admissions back, or a trigger was missed), or that enforce a pending
-TTL, and settles those whose partition this activator owns. Partition ownership comes from
-the consumer group, so with several activators each schedule is swept by one of them at a
-time; the schedule row lock keeps I1 even while a rebalance moves it.
+Each settle records when its schedule next needs settling on its own (``next_due_at``: the
+earliest ACTIVE expiry, the next abandonment, or the rate bucket's next admission). The
+sweeper asks only for schedules that are due, with one indexed query, then sleeps until the
+next due moment (at most a second), or until a settle makes an earlier one. So its cost
+follows the work that is due, not the number of schedules, and TTLs fire on time.
+
+Only the owner of a schedule's partition settles it, so with several activators each
+schedule is swept by one of them at a time; the schedule row lock keeps I1 even while a
+rebalance moves it. Every ``stalled_check_seconds`` it also looks for lines with free slots
+that nothing woke (a slow safety net).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from aiokafka.partitioner import murmur2
 
-from activator.admission import Admitter
+from activator.admission import Admitter, Settlement
 from waiting_core import repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
@@ -24,6 +31,9 @@ from waiting_core.events import schedule_key
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
+
+DUE_BATCH = 1000
+LONGEST_SLEEP_SECONDS = 1.0
 
 
 def partition_of(schedule_id: int, partitions: int) -> int:
@@ -41,34 +51,78 @@ class Sweeper(BackgroundWorker):
         database: Database,
         admitter: Admitter,
         ownership: Callable[[], tuple[frozenset[int], int]],
-        interval: float,
+        stalled_check_seconds: float,
     ) -> None:
         self._database = database
         self._admitter = admitter
         self._ownership = ownership
-        self._interval = interval
+        self._stalled_check_seconds = stalled_check_seconds
+        self._wake = asyncio.Event()
+        self._next_due: datetime | None = None
+        self._next_stalled_check = 0.0
+        self.rounds = 0
+        self.settled = 0
+        admitter.watch_due(self._on_settlement)
         super().__init__()
+
+    def _on_settlement(self, settlement: Settlement) -> None:
+        """A settle moved its schedule's due moment: wake up earlier if it comes first."""
+        earlier = _earliest(self._next_due, settlement.next_due_at)
+        if earlier != self._next_due:
+            self._next_due = earlier
+            self._wake.set()
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            await self._sleep_until_due()
             try:
                 await self.sweep_once()
             except Unavailable as exc:
                 log.warning("sweep skipped: %s", exc)
             except Exception:
-                log.exception("sweep failed; trying again next tick")
+                log.exception("sweep failed; trying again")
+
+    async def _sleep_until_due(self) -> None:
+        self._wake.clear()
+        timeout = LONGEST_SLEEP_SECONDS
+        if self._next_due is not None:
+            until_due = (self._next_due - utc_now()).total_seconds()
+            timeout = min(timeout, max(0.0, until_due))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def sweep_once(self) -> int:
-        """Settle every owned schedule that needs it; return how many were settled."""
+        """Settle every owned schedule that is due; return how many were settled."""
+        self.rounds += 1
         owned, partitions = self._ownership()
         if not owned or partitions == 0:
+            self._next_due = None
             return 0
         now = utc_now()
+        self._next_due = None  # from here on, settles elsewhere report theirs (_on_settlement)
         async with self._database.transaction(read_only=True) as session:
-            due = set(await repository.schedules_with_due_expiry(session, now))
-            due.update(await repository.schedules_to_settle(session))
+            due = set(await repository.due_schedules(session, now, DUE_BATCH))
+            if self._stalled_check_due():
+                due.update(await repository.stalled_lines(session))
+            queried = await repository.next_due_after(session, now)
+        self._next_due = _earliest(self._next_due, queried)
         mine = sorted(s for s in due if partition_of(s, partitions) in owned)
-        for schedule_id in mine:
-            await self._admitter.settle(schedule_id)
+        await self._admitter.settle_many(mine)
+        self.settled += len(mine)
+        if len(due) >= DUE_BATCH:
+            self._next_due = now  # more are due than one batch holds: go on at once
         return len(mine)
+
+    def _stalled_check_due(self) -> bool:
+        loop_time = asyncio.get_running_loop().time()
+        if loop_time < self._next_stalled_check:
+            return False
+        self._next_stalled_check = loop_time + self._stalled_check_seconds
+        return True
+
+
+def _earliest(first: datetime | None, second: datetime | None) -> datetime | None:
+    """The earlier of two moments, either of which may be unknown."""
+    if first is None or second is None:
+        return first or second
+    return min(first, second)

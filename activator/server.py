@@ -49,7 +49,7 @@ class Activator(serving.GrpcService):
         self.admitter.subscribe(record_metrics)
         self.consumer = AdmissionConsumer(settings, self.admitter, topics)
         self.sweeper = Sweeper(
-            self.database, self.admitter, self.consumer.ownership, settings.sweep_interval_seconds
+            self.database, self.admitter, self.consumer.ownership, settings.stalled_check_seconds
         )
         server = serving.new_server()
         queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server(

@@ -31,8 +31,8 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         now = utc_now()
         async with self._relay.transaction() as tx:
             before, after = await repository.apply_settings(tx.session, update, now)
-            if after.capacity > before.capacity:
-                tx.publish([slots_freed_row(self._topics, after.schedule_id, "capacity", now)])
+            if after != before:  # the activator re-settles: admits, re-plans its due moment
+                tx.publish([slots_freed_row(self._topics, after.schedule_id, "settings", now)])
         return pb.UpsertScheduleResponse(schedule=schedule_to_proto(after))
 
     async def GetSchedule(

@@ -52,7 +52,7 @@ class IssueBatcher(BackgroundWorker):
         self._relay = relay
         self._topics = topics
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._counts: list[tuple[int, int, int, int]] = []
+        self._newcomers = 0  # new tokens of the batch being written
         super().__init__()
 
     async def issue(self, user_id: str, schedule_id: int) -> Issued:
@@ -69,7 +69,7 @@ class IssueBatcher(BackgroundWorker):
             await asyncio.shield(self._write(batch))
 
     async def _write(self, batch: list[_Request]) -> None:
-        self._counts = []
+        self._newcomers = 0
         try:
             async with self._relay.transaction() as tx:
                 results = await self._write_batch(tx, batch)
@@ -78,10 +78,7 @@ class IssueBatcher(BackgroundWorker):
                 if not request.answer.done():
                     request.answer.set_exception(exc)
             return
-        for schedule_id, newcomers, pending, active in self._counts:
-            metrics.TOKENS_ISSUED.labels(schedule_id).inc(newcomers)
-            metrics.PENDING.labels(schedule_id).set(pending)
-            metrics.ACTIVE.labels(schedule_id).set(active)
+        metrics.TOKENS_ISSUED.inc(self._newcomers)
         for request, issued in zip(batch, results, strict=True):
             if not request.answer.done():
                 request.answer.set_result(issued)
@@ -117,9 +114,7 @@ class IssueBatcher(BackgroundWorker):
             live[token.user_id] = token
             positions[token.token_id] = position
         self._announce(tx, fresh, now)
-        self._counts.append(
-            (schedule_id, len(newcomers), schedule.pending_count, schedule.active_count)
-        )
+        self._newcomers += len(fresh)
         return [(u, Issued(live[u], positions[live[u].token_id])) for u in users]
 
     def _announce(self, tx: OutboxTransaction, tokens: Sequence[TokenRow], now: datetime) -> None:

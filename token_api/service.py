@@ -108,5 +108,5 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
                 if target == TokenStatus.COMPLETED
                 else metrics.TOKENS_CANCELLED
             )
-            counter.labels(release.token.schedule_id).inc()
+            counter.inc()
         return release.token

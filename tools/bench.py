@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from waiting.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
-from waiting_core.bulk import load_pending
+from waiting_core.bulk import load_held_lines, load_pending
 from waiting_core.database import Database
 from waiting_core.models import TokenRow
 
@@ -66,6 +66,12 @@ TARGETS = {
     "drain_ms": ("1,000 freed slots refilled (ms)", "<=", 200.0),
     "status_p99_ms": ("GetTokenStatus p99 (ms), long line, c=1", "<=", 5.0),
     "activator_rss_mb": ("activator peak RSS (MB)", "<=", 200.0),
+    "idle_cpu_10k": ("idle activator, 10,000 schedules (% core)", "<=", 2.0),
+    "idle_cpu_100k": ("idle activator, 100,000 schedules (% core)", "<=", 2.0),
+    "ttl_late_p99_ms": ("1,000 TTLs: expired late p99 (ms)", "<=", 1000.0),
+    "refill_late_p99_ms": ("1,000 TTLs: slot refilled late p99 (ms)", "<=", 1000.0),
+    "spread_all_active_ms": ("10,000 schedules ACTIVE after last issue (ms)", "<=", 2000.0),
+    "spread_rps_share": ("IssueToken rps spread / into one schedule", ">=", 0.67),
 }
 
 
@@ -238,6 +244,7 @@ class Bench:
                 await self._issue_to_active(tokens, schedules, db)
                 await self._drain(tokens, schedules, db)
                 await self._status(queue, schedules, db)
+                await self._many_schedules(tokens, queue, db)
                 self.results["peak_rss_mb"] = {k: round(v, 1) for k, v in rss.peak_mb.items()}
         finally:
             await asyncio.to_thread(cluster.stop_all)
@@ -439,6 +446,141 @@ class Bench:
             "at_concurrency_8": saturated.summary(),
         }
 
+    async def _many_schedules(
+        self,
+        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        queue: queue_status_service_pb2_grpc.QueueStatusServiceAsyncStub,
+        db: Database,
+    ) -> None:
+        """Idle cost at 10,000 and 100,000 schedules, TTL precision under status load, and
+        IssueToken spread over 10,000 schedules."""
+        base = random.randrange(1, 10**9) * 10**6
+        far = datetime.now(UTC) + timedelta(hours=1)
+        ids = list(range(base, base + 10_000))
+        started = time.perf_counter()
+        await _bulk_lines(db, ids[:1000], [far] * 1000, pending_ttl_seconds=3600)
+        await _bulk_lines(db, ids[1000:], [far] * 9000)
+        idle = {"10000": await self._idle_cpu()}
+        more = list(range(base + 10_000, base + 100_000))
+        await _bulk_lines(db, more, [far] * len(more), with_waiters=False)
+        idle["100000"] = await self._idle_cpu()
+        loaded_seconds = time.perf_counter() - started
+        self.results["many_schedules"] = {
+            "bulk_load_seconds": round(loaded_seconds, 1),
+            "idle_activator_cpu_percent": idle,
+            "ttl": await self._ttl_lateness(queue, db, base + 100_000),
+            "issue_spread": await self._issue_spread(tokens, db, base + 200_000),
+        }
+
+    async def _idle_cpu(self) -> float:
+        """The activator's CPU, in % of one core, over a quiet stretch."""
+        await asyncio.sleep(2)  # let the sweeps of the bulk load settle
+        seconds: float = self.args.idle_seconds
+        with cpu_meter({"activator": self.pids["activator"]}) as use:
+            await asyncio.sleep(seconds)
+        return round(float(use.processes["activator"]) / seconds * 100, 2)
+
+    async def _ttl_lateness(
+        self,
+        queue: queue_status_service_pb2_grpc.QueueStatusServiceAsyncStub,
+        db: Database,
+        base: int,
+    ) -> dict[str, Any]:
+        """1,000 ACTIVE TTLs due over ``ttl_spread`` seconds, status calls running meanwhile:
+        how late each holder expired and its waiter was admitted (from the stored times)."""
+        spread, count = self.args.ttl_spread, 1000
+        start = datetime.now(UTC) + timedelta(seconds=3)
+        expiries = [start + timedelta(seconds=spread * i / count) for i in range(count)]
+        ids = list(range(base, base + count))
+        lines = await _bulk_lines(db, ids, expiries)
+        waiters = [waiter for _, waiter in lines.values() if waiter]
+        rng = random.Random(5)
+
+        async def status(_: int) -> Any:
+            reply = await queue.GetTokenStatus(
+                queue_status_service_pb2.GetTokenStatusRequest(token_id=rng.choice(waiters)),
+                timeout=10,
+            )
+            await asyncio.sleep(0.01)  # four callers: at most ~400 calls a second
+            return reply
+
+        load = await closed_loop(status, 4, spread + 5)
+        holders = {holder: schedule_id for schedule_id, (holder, _) in lines.items()}
+        async with db.transaction(read_only=True) as session:
+            rows = (
+                (await session.execute(select(TokenRow).where(TokenRow.schedule_id.in_(ids))))
+                .scalars()
+                .all()
+            )
+        expiry_of = {r.schedule_id: r.expires_at for r in rows if r.token_id in holders}
+        held = [(r.expires_at, r.ended_at) for r in rows if r.token_id in holders]
+        refilled = [
+            (expiry_of[r.schedule_id], r.activated_at) for r in rows if r.token_id not in holders
+        ]
+        return {
+            "due": count,
+            "over_seconds": spread,
+            "status_calls_per_second": round(load.rps, 1),
+            "expired_late": _lateness_ms(held),  # type: ignore[arg-type]
+            "refilled_late": _lateness_ms(refilled),  # type: ignore[arg-type]
+        }
+
+    async def _issue_spread(
+        self, tokens: token_service_pb2_grpc.TokenServiceAsyncStub, db: Database, base: int
+    ) -> dict[str, Any]:
+        """IssueToken at c=32 spread over 10,000 fresh schedules, and how long after the last
+        issue the last of them became ACTIVE."""
+        rng = random.Random(7)
+
+        async def issue(i: int) -> Any:
+            return await tokens.IssueToken(
+                token_service_pb2.IssueTokenRequest(
+                    user_id=f"spread-{i:07d}", schedule_id=base + rng.randrange(10_000)
+                ),
+                timeout=10,
+            )
+
+        run = await closed_loop(issue, 32, self.args.seconds)
+        last_issue = datetime.now(UTC)
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline:
+            async with db.transaction(read_only=True) as session:
+                pending, last_active = (
+                    await session.execute(
+                        select(
+                            func.count().filter(TokenRow.activated_at.is_(None)),
+                            func.max(TokenRow.activated_at),
+                        ).where(TokenRow.schedule_id.between(base, base + 10_000))
+                    )
+                ).one()
+            if pending == 0:
+                break
+            await asyncio.sleep(0.1)
+        into_one = [
+            level["issue"]["rps"]
+            for level in self.results["issue_levels"]
+            if level["issue"]["concurrency"] == 32
+        ]
+        last = _aware(last_active)
+        return {
+            **run.summary(),
+            "one_schedule_rps": into_one[0] if into_one else None,
+            "still_pending": pending,
+            "all_active_after_last_issue_ms": (
+                round((last - last_issue).total_seconds() * 1000, 1)
+                if last is not None and pending == 0
+                else None
+            ),
+        }
+
+
+def _aware(moment: datetime | str | None) -> datetime | None:
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
 
 async def kafka_floor(bootstrap: str, rounds: int) -> dict[str, float]:
     """The aiokafka produce-to-consume round trip on the same broker, one record at a time."""
@@ -481,6 +623,24 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         "drain_ms": results["drain"]["ms_by_database_clock"],
         "status_p99_ms": results["status"]["p99_ms"],
         "activator_rss_mb": results["peak_rss_mb"]["activator"],
+        **_many_schedule_figures(results.get("many_schedules")),
+    }
+
+
+def _many_schedule_figures(many: dict[str, Any] | None) -> dict[str, float]:
+    if not many:
+        return {}
+    spread = many["issue_spread"]
+    nan = float("nan")
+    return {
+        "idle_cpu_10k": many["idle_activator_cpu_percent"]["10000"],
+        "idle_cpu_100k": many["idle_activator_cpu_percent"]["100000"],
+        "ttl_late_p99_ms": many["ttl"]["expired_late"]["p99_ms"],
+        "refill_late_p99_ms": many["ttl"]["refilled_late"]["p99_ms"],
+        "spread_all_active_ms": spread["all_active_after_last_issue_ms"] or nan,
+        "spread_rps_share": round(spread["rps"] / spread["one_schedule_rps"], 3)
+        if spread["one_schedule_rps"]
+        else nan,
     }
 
 
@@ -573,6 +733,36 @@ def postgres_url() -> str | None:
     return create_postgres_database("postgresql+asyncpg://postgres@127.0.0.1:55432/postgres")
 
 
+async def _bulk_lines(
+    db: Database,
+    schedule_ids: list[int],
+    expires_at: list[datetime],
+    *,
+    pending_ttl_seconds: int = 0,
+    with_waiters: bool = True,
+) -> dict[int, tuple[str, str | None]]:
+    async with db.transaction() as session:
+        return await load_held_lines(
+            session,
+            schedule_ids,
+            expires_at,
+            datetime.now(UTC),
+            pending_ttl_seconds=pending_ttl_seconds,
+            with_waiters=with_waiters,
+        )
+
+
+def _lateness_ms(rows: list[tuple[datetime, datetime | None]]) -> dict[str, float]:
+    late = [(ended - due).total_seconds() * 1000 for due, ended in rows if ended is not None]
+    return {
+        "count": len(late),
+        "missing": len(rows) - len(late),
+        "p50_ms": round(pct(late, 0.5), 1),
+        "p99_ms": round(pct(late, 0.99), 1),
+        "max_ms": round(max(late, default=0.0), 1),
+    }
+
+
 async def amain(args: argparse.Namespace) -> None:
     """Run every database and write the outputs."""
     port, data_dir = 29092, ROOT / ".run" / "kafka-bench"
@@ -623,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.line = 1_000_000 if args.full else 100_000
+    args.idle_seconds = 10.0 if args.full else 5.0
+    args.ttl_spread = 30.0 if args.full else 10.0
     asyncio.run(amain(args))
     return 0
 

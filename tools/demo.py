@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import statistics
 import sys
 import time
@@ -99,10 +100,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--admin-token",
-        default=os.environ.get("ADMIN_TOKEN", "dev-admin-token"),
-        help="ScheduleService bearer credential (default: make run's)",
+        default=os.environ.get("ADMIN_TOKEN") or _make_run_admin_token(),
+        help="ScheduleService bearer credential (default: $ADMIN_TOKEN, else make run's)",
     )
     return parser.parse_args(argv)
+
+
+def _make_run_admin_token() -> str:
+    """The credential make run made for this checkout; a fresh one if it never ran."""
+    made = ROOT / ".run" / "admin-token"
+    return made.read_text().strip() if made.exists() else secrets.token_urlsafe(32)
 
 
 def assign_roles(args: argparse.Namespace, rng: random.Random) -> list[str]:

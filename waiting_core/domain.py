@@ -193,6 +193,42 @@ def stale_before(
     return cutoff if abandonment_since < cutoff else None
 
 
+def next_abandonment(
+    earliest_seen: datetime | None, pending_ttl_seconds: int, abandonment_since: datetime | None
+) -> datetime | None:
+    """When the longest-unseen PENDING token will be abandoned (the rule of stale_before)."""
+    if not abandons(pending_ttl_seconds) or abandonment_since is None or earliest_seen is None:
+        return None
+    ttl = timedelta(seconds=pending_ttl_seconds)
+    return max(earliest_seen, abandonment_since) + ttl + DUE_RESOLUTION
+
+
+def rate_wait_seconds(rate_per_second: int, allowance: float) -> float | None:
+    """Seconds until the rate bucket allows one more admission; None without a rate limit."""
+    if rate_per_second <= 0:
+        return None
+    return max(0.0, (1.0 - allowance) / rate_per_second)
+
+
+# A due moment is a little after the deadline it serves (deadlines compare strictly), and a
+# moment already past is pushed this far ahead, so that a schedule can never be re-settled
+# in a tight loop.
+DUE_RESOLUTION = timedelta(milliseconds=1)
+PAST_DUE_DELAY = timedelta(milliseconds=50)
+
+
+def next_due(now: datetime, *moments: datetime | None) -> datetime | None:
+    """When a settled schedule next needs settling without an event; None: only on events.
+
+    ``moments`` are its deadlines: the earliest ACTIVE expiry, the next abandonment, the
+    rate bucket's next admission.
+    """
+    due = min((moment for moment in moments if moment is not None), default=None)
+    if due is None:
+        return None
+    return max(due, now + PAST_DUE_DELAY) if due <= now else due
+
+
 def tail_positions(pending_before: int, newcomers: int) -> list[int]:
     """Places of tokens just appended to a line that had ``pending_before`` PENDING tokens.
 

@@ -76,6 +76,7 @@ _LIVE = live_predicate()
 _PENDING = text("status = 'PENDING'")
 _ACTIVE = text("status = 'ACTIVE'")
 _DEPARTED = departed_predicate()
+_DUE = text("next_due_at IS NOT NULL")
 
 
 class Base(DeclarativeBase):
@@ -110,6 +111,18 @@ class ScheduleRow(Base):
     # When pending_ttl_seconds last went from 0 to positive. Reads record "seen" only while
     # abandonment is on, so nobody is abandoned before a whole TTL has passed since then.
     abandonment_since: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # When the schedule next needs settling without an event: its earliest ACTIVE expiry, its
+    # earliest abandonment, or the rate bucket's next admission (domain.next_due). None: never.
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    __table_args__ = (
+        Index(
+            "ix_schedules_next_due",
+            "next_due_at",
+            sqlite_where=_DUE,
+            postgresql_where=_DUE,
+        ),
+    )
 
 
 class TokenRow(Base):
@@ -163,9 +176,10 @@ class TokenRow(Base):
             sqlite_where=_PENDING,
             postgresql_where=_PENDING,
         ),
-        # Expiry sweeps.
+        # A schedule's earliest expiry (its next due moment).
         Index(
             "ix_tokens_active_expiry",
+            "schedule_id",
             "expires_at",
             sqlite_where=_ACTIVE,
             postgresql_where=_ACTIVE,

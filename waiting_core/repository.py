@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Select, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -377,25 +377,68 @@ async def _expire_where(
     return (await session.execute(stmt)).scalars().all()
 
 
-async def schedules_with_due_expiry(session: AsyncSession, now: datetime) -> Sequence[int]:
-    """Schedules holding ACTIVE tokens whose TTL ran out."""
+async def earliest_deadlines(
+    session: AsyncSession, schedule: ScheduleRow
+) -> tuple[datetime | None, datetime | None]:
+    """The earliest ``expires_at`` of the schedule's ACTIVE tokens, and the earliest
+    ``last_seen_at`` of its PENDING ones when it abandons; one indexed statement at most."""
+    wants_expiry = schedule.active_count > 0
+    wants_seen = domain.abandons(schedule.pending_ttl_seconds) and schedule.pending_count > 0
+    if not (wants_expiry or wants_seen):
+        return None, None
+    mine = TokenRow.schedule_id == schedule.schedule_id
+    expiry = select(func.min(TokenRow.expires_at)).where(mine, TokenRow.status == _ACTIVE)
+    seen = select(func.min(TokenRow.last_seen_at)).where(mine, TokenRow.status == _PENDING)
+    row = (
+        await session.execute(
+            select(
+                expiry.scalar_subquery() if wants_expiry else literal_column("NULL"),
+                seen.scalar_subquery() if wants_seen else literal_column("NULL"),
+            )
+        )
+    ).one()
+    return _aware(row[0]), _aware(row[1])
+
+
+def _aware(moment: datetime | str | None) -> datetime | None:
+    """A UTC datetime from an aggregate, which SQLite hands back as naive text."""
+    if moment is None:
+        return None
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def due_schedules(session: AsyncSession, now: datetime, limit: int) -> Sequence[int]:
+    """Schedules whose next due moment has come, most overdue first (an index range)."""
     stmt = (
-        select(TokenRow.schedule_id)
-        .where(TokenRow.status == _ACTIVE, TokenRow.expires_at <= now)
-        .distinct()
+        select(ScheduleRow.schedule_id)
+        .where(ScheduleRow.next_due_at <= now)
+        .order_by(ScheduleRow.next_due_at)
+        .limit(limit)
     )
     return (await session.execute(stmt)).scalars().all()
 
 
-async def schedules_to_settle(session: AsyncSession) -> Sequence[int]:
-    """Schedules with free slots and people waiting, or with a pending TTL to enforce.
+async def next_due_after(session: AsyncSession, now: datetime) -> datetime | None:
+    """The first due moment still to come, of any schedule (the first index entry after now)."""
+    stmt = (
+        select(ScheduleRow.next_due_at)
+        .where(ScheduleRow.next_due_at > now)
+        .order_by(ScheduleRow.next_due_at)
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
 
-    This is the safety net that keeps a line moving without new events: a rate-limited
-    schedule, a slot freed while no event reached an activator, an abandonment sweep.
+
+async def stalled_lines(session: AsyncSession) -> Sequence[int]:
+    """Schedules with free slots and people waiting: the sweeper's slow safety net.
+
+    Events and due moments keep every line moving; this catches one that nothing woke, for
+    example after a settle failed and the event that asked for it was already committed.
     """
     stmt = select(ScheduleRow.schedule_id).where(
-        ((ScheduleRow.pending_count > 0) & (ScheduleRow.active_count < ScheduleRow.capacity))
-        | (ScheduleRow.pending_ttl_seconds > 0)
+        (ScheduleRow.pending_count > 0) & (ScheduleRow.active_count < ScheduleRow.capacity)
     )
     return (await session.execute(stmt)).scalars().all()
 
