@@ -7,11 +7,10 @@ bucket refilling) ends here, so there is one code path that changes ACTIVE count
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
@@ -76,56 +75,63 @@ class Admitter:
     async def settle_many(self, schedule_ids: Iterable[int]) -> list[Settlement]:
         """Settle the schedules, up to SETTLE_BATCH of them per transaction, in id order.
 
-        Each schedule: lock its row; expire, drop the abandoned, admit up to the free slots;
-        plan its next due moment. Running it twice, or from two activators at once, admits
-        nobody twice and never exceeds capacity (I1, I4): the schedule row's lock serialises
-        the count and the update, and only PENDING rows can become ACTIVE. Admission takes
-        the oldest first (I2). Locks are taken in id order, the one order of every writer.
+        Each transaction locks its schedules' rows, then in one statement each: expires the
+        ACTIVE tokens past their TTL, drops the abandoned PENDING ones, admits the oldest
+        PENDING tokens up to each schedule's free slots (and rate), and reads the deadlines
+        that plan each schedule's next due moment. Running it twice, or from two activators
+        at once, admits nobody twice and never exceeds capacity (I1, I4): the row locks
+        serialise the counts and the updates, and only PENDING rows can become ACTIVE.
+        Admission takes the oldest first (I2).
         """
         ids = sorted(set(schedule_ids))
         settlements: list[Settlement] = []
         for start in range(0, len(ids), SETTLE_BATCH):
             async with self._relay.transaction() as tx:
-                batch = [
-                    await self._settle_locked(tx, s) for s in ids[start : start + SETTLE_BATCH]
-                ]
+                batch = await self._settle_locked(tx, ids[start : start + SETTLE_BATCH])
             self._report(batch)
             settlements += batch
         return settlements
 
-    async def _settle_locked(self, tx: OutboxTransaction, schedule_id: int) -> Settlement:
+    async def _settle_locked(
+        self, tx: OutboxTransaction, schedule_ids: Sequence[int]
+    ) -> list[Settlement]:
         session = tx.session
-        schedule = await repository.lock_schedule(session, schedule_id)
-        now = utc_now()  # under the lock, so activation times follow admission order
-        expired = await repository.expire_due_active(session, schedule, now)
-        abandoned = await repository.abandon_stale_pending(session, schedule, now)
-        admitted = await repository.admit_oldest(
-            session, schedule, _admissions_now(schedule, now), now
-        )
-        _record_admissions(schedule, len(admitted), now)
-        schedule.next_due_at = await _next_due(session, schedule, now)
+        schedules = await repository.lock_schedules(session, schedule_ids)
+        now = utc_now()  # under the locks, so activation times follow admission order
+        expired = _by_schedule(await repository.expire_due_active(session, schedules, now))
+        abandoned = _by_schedule(await repository.abandon_stale_pending(session, schedules, now))
+        limits = {schedule: _admissions_now(schedule, now) for schedule in schedules}
+        admitted = _by_schedule(await repository.admit_oldest(session, limits, now))
+        for schedule in schedules:
+            _record_admissions(schedule, len(admitted[schedule.schedule_id]), now)
+        deadlines = await repository.earliest_deadlines(session, schedules)
+        for schedule in schedules:
+            schedule.next_due_at = _next_due(schedule, deadlines[schedule.schedule_id], now)
         tx.publish(
             [
                 *state_changed_rows(
-                    self._topics, admitted, TokenStatus.PENDING, TokenStatus.ACTIVE, now
+                    self._topics, _all(admitted), TokenStatus.PENDING, TokenStatus.ACTIVE, now
                 ),
                 *state_changed_rows(
-                    self._topics, expired, TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
+                    self._topics, _all(expired), TokenStatus.ACTIVE, TokenStatus.EXPIRED, now
                 ),
                 *state_changed_rows(
-                    self._topics, abandoned, TokenStatus.PENDING, TokenStatus.EXPIRED, now
+                    self._topics, _all(abandoned), TokenStatus.PENDING, TokenStatus.EXPIRED, now
                 ),
             ]
         )
-        return Settlement(
-            schedule_id,
-            admitted,
-            expired,
-            abandoned,
-            active_count=schedule.active_count,
-            pending_count=schedule.pending_count,
-            next_due_at=schedule.next_due_at,
-        )
+        return [
+            Settlement(
+                schedule.schedule_id,
+                admitted[schedule.schedule_id],
+                expired[schedule.schedule_id],
+                abandoned[schedule.schedule_id],
+                active_count=schedule.active_count,
+                pending_count=schedule.pending_count,
+                next_due_at=schedule.next_due_at,
+            )
+            for schedule in schedules
+        ]
 
     def _report(self, settlements: Sequence[Settlement]) -> None:
         """Tell the watchers and listeners about committed settlements."""
@@ -160,17 +166,30 @@ def _admissions_now(schedule: ScheduleRow, now: datetime) -> int:
     return domain.admissions_allowed(free, allowance)
 
 
-async def _next_due(session: AsyncSession, schedule: ScheduleRow, now: datetime) -> datetime | None:
+def _next_due(
+    schedule: ScheduleRow, deadlines: repository.Deadlines, now: datetime
+) -> datetime | None:
     """When the settled schedule next needs settling without an event (domain.next_due)."""
-    earliest_expiry, earliest_seen = await repository.earliest_deadlines(session, schedule)
     return domain.next_due(
         now,
-        earliest_expiry,
+        deadlines.earliest_expiry,
         domain.next_abandonment(
-            earliest_seen, schedule.pending_ttl_seconds, schedule.abandonment_since
+            deadlines.earliest_seen, schedule.pending_ttl_seconds, schedule.abandonment_since
         ),
         _next_rate_admission(schedule, now),
     )
+
+
+def _by_schedule(tokens: Sequence[TokenRow]) -> defaultdict[int, list[TokenRow]]:
+    """Tokens grouped by schedule, each group in seq order."""
+    groups: defaultdict[int, list[TokenRow]] = defaultdict(list)
+    for token in sorted(tokens, key=lambda t: t.seq):
+        groups[token.schedule_id].append(token)
+    return groups
+
+
+def _all(groups: Mapping[int, Sequence[TokenRow]]) -> list[TokenRow]:
+    return [token for tokens in groups.values() for token in tokens]
 
 
 def _next_rate_admission(schedule: ScheduleRow, now: datetime) -> datetime | None:

@@ -105,7 +105,7 @@ async def test_switching_abandonment_on_gives_the_line_a_whole_ttl(
 
     async with database.transaction() as session:
         schedule = await repository.lock_schedule(session, schedule_id)
-        assert await repository.abandon_stale_pending(session, schedule, datetime.now(UTC)) == []
+        assert await repository.abandon_stale_pending(session, [schedule], datetime.now(UTC)) == []
     await wait_counts(system, schedule_id, active=1, pending=0)  # after the TTL, it goes
 
 

@@ -11,15 +11,28 @@ planners can match them to the indexes in ``models.py``.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from waiting_core import domain
 from waiting_core.domain import ScheduleSettings, ScheduleUpdate, TokenStatus
@@ -28,6 +41,7 @@ from waiting_core.models import (
     OutboxRow,
     ScheduleRow,
     TokenRow,
+    UTCDateTime,
     departed_predicate,
     live_predicate,
 )
@@ -74,6 +88,29 @@ async def _select_for_update(session: AsyncSession, schedule_id: int) -> Schedul
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lock_schedules(session: AsyncSession, schedule_ids: Sequence[int]) -> list[ScheduleRow]:
+    """Lock the schedules' rows in id order (the one lock order), creating missing ones."""
+    ids = sorted(set(schedule_ids))
+    rows = await _select_many_for_update(session, ids)
+    missing = sorted(set(ids) - {row.schedule_id for row in rows})
+    if missing:
+        for schedule_id in missing:
+            await _insert_default_schedule(session, schedule_id)
+        rows = await _select_many_for_update(session, ids)
+    return rows
+
+
+async def _select_many_for_update(session: AsyncSession, ids: Sequence[int]) -> list[ScheduleRow]:
+    stmt = (
+        select(ScheduleRow)
+        .where(ScheduleRow.schedule_id.in_(ids))
+        .order_by(ScheduleRow.schedule_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.execute(stmt)).scalars().all())
 
 
 async def _insert_default_schedule(session: AsyncSession, schedule_id: int) -> None:
@@ -193,37 +230,50 @@ async def pending_positions(
 
 
 async def admit_oldest(
-    session: AsyncSession, schedule: ScheduleRow, limit: int, now: datetime
-) -> Sequence[TokenRow]:
-    """Turn the ``limit`` oldest PENDING tokens of the locked schedule ACTIVE, in one statement.
+    session: AsyncSession, limits: Mapping[ScheduleRow, int], now: datetime
+) -> list[TokenRow]:
+    """Turn the oldest PENDING tokens of each locked schedule ACTIVE, as many as its limit,
+    all in one statement (a UNION ALL of one index range per schedule).
 
     Only PENDING rows match, so a token is activated at most once (I4).
     """
-    if limit <= 0:
+    wanted = {schedule: limit for schedule, limit in limits.items() if limit > 0}
+    if not wanted:
         return []
-    oldest = (
+    picks = [
         select(TokenRow.token_id)
         .where(TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING)
         .order_by(TokenRow.seq)
         .limit(limit)
-    )
+        .subquery()
+        for schedule, limit in wanted.items()
+    ]
+    oldest = union_all(*(select(pick.c.token_id) for pick in picks))
+    expiry = {
+        schedule.schedule_id: literal(
+            now + timedelta(seconds=schedule.active_ttl_seconds), UTCDateTime()
+        )
+        for schedule in wanted
+    }
     stmt = (
         update(TokenRow)
-        .where(TokenRow.token_id.in_(oldest.scalar_subquery()), TokenRow.status == _PENDING)
+        .where(TokenRow.token_id.in_(oldest), TokenRow.status == _PENDING)
         .values(
             status=TokenStatus.ACTIVE,
             activated_at=now,
-            expires_at=now + timedelta(seconds=schedule.active_ttl_seconds),
+            expires_at=case(expiry, value=TokenRow.schedule_id),
         )
         .returning(TokenRow)
         .execution_options(synchronize_session=False, populate_existing=True)
     )
     admitted = sorted((await session.execute(stmt)).scalars().all(), key=lambda t: t.seq)
-    if admitted:
-        schedule.head_seq = max(schedule.head_seq, admitted[-1].seq)
-        schedule.active_count += len(admitted)
-        schedule.pending_count -= len(admitted)
-        schedule.admitted_total += len(admitted)
+    by_id = {schedule.schedule_id: schedule for schedule in wanted}
+    for token in admitted:
+        schedule = by_id[token.schedule_id]
+        schedule.head_seq = max(schedule.head_seq, token.seq)
+        schedule.active_count += 1
+        schedule.pending_count -= 1
+        schedule.admitted_total += 1
     return admitted
 
 
@@ -335,69 +385,115 @@ async def delete_outbox_events(session: AsyncSession, ids: Sequence[int]) -> Non
 
 
 async def expire_due_active(
-    session: AsyncSession, schedule: ScheduleRow, now: datetime
-) -> Sequence[TokenRow]:
-    """ACTIVE tokens of the locked schedule whose TTL ran out become EXPIRED."""
-    if schedule.active_count <= 0:
+    session: AsyncSession, schedules: Sequence[ScheduleRow], now: datetime
+) -> list[TokenRow]:
+    """ACTIVE tokens of the locked schedules whose TTL ran out become EXPIRED (one statement)."""
+    ids = [schedule.schedule_id for schedule in schedules if schedule.active_count > 0]
+    if not ids:
         return []
     expired = await _expire_where(
-        session, schedule, now, TokenRow.status == _ACTIVE, TokenRow.expires_at <= now
+        session,
+        now,
+        TokenRow.schedule_id.in_(ids),
+        TokenRow.status == _ACTIVE,
+        TokenRow.expires_at <= now,
     )
-    schedule.active_count -= len(expired)
+    _count_out(schedules, expired, "active_count")
     return expired
 
 
 async def abandon_stale_pending(
-    session: AsyncSession, schedule: ScheduleRow, now: datetime
-) -> Sequence[TokenRow]:
-    """PENDING tokens nobody asked about for the schedule's pending TTL become EXPIRED."""
-    stale_before = domain.stale_before(
-        schedule.pending_ttl_seconds, schedule.abandonment_since, now
-    )
-    if stale_before is None:
+    session: AsyncSession, schedules: Sequence[ScheduleRow], now: datetime
+) -> list[TokenRow]:
+    """PENDING tokens nobody asked about for their schedule's pending TTL become EXPIRED."""
+    cutoffs = {
+        schedule.schedule_id: cutoff
+        for schedule in schedules
+        if schedule.pending_count > 0
+        and (
+            cutoff := domain.stale_before(
+                schedule.pending_ttl_seconds, schedule.abandonment_since, now
+            )
+        )
+        is not None
+    }
+    if not cutoffs:
         return []
-    abandoned = await _expire_where(
-        session, schedule, now, TokenRow.status == _PENDING, TokenRow.last_seen_at < stale_before
+    stale = or_(
+        *(
+            (TokenRow.schedule_id == schedule_id) & (TokenRow.last_seen_at < cutoff)
+            for schedule_id, cutoff in cutoffs.items()
+        )
     )
-    schedule.pending_count -= len(abandoned)
+    abandoned = await _expire_where(session, now, TokenRow.status == _PENDING, stale)
+    _count_out(schedules, abandoned, "pending_count")
     return abandoned
 
 
 async def _expire_where(
-    session: AsyncSession, schedule: ScheduleRow, now: datetime, *conditions: ColumnElement[bool]
-) -> Sequence[TokenRow]:
-    """The schedule's tokens matching ``conditions`` become EXPIRED, in one statement."""
+    session: AsyncSession, now: datetime, *conditions: ColumnElement[bool]
+) -> list[TokenRow]:
+    """The tokens matching ``conditions`` become EXPIRED, in one statement."""
     stmt = (
         update(TokenRow)
-        .where(TokenRow.schedule_id == schedule.schedule_id, *conditions)
+        .where(*conditions)
         .values(status=TokenStatus.EXPIRED, ended_at=now)
         .returning(TokenRow)
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    return (await session.execute(stmt)).scalars().all()
+    return list((await session.execute(stmt)).scalars().all())
+
+
+def _count_out(schedules: Sequence[ScheduleRow], tokens: Sequence[TokenRow], counter: str) -> None:
+    """Take the tokens that left off their schedule's ``counter``."""
+    left = Counter(token.schedule_id for token in tokens)
+    for schedule in schedules:
+        if left[schedule.schedule_id]:
+            setattr(schedule, counter, getattr(schedule, counter) - left[schedule.schedule_id])
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """A schedule's earliest ACTIVE ``expires_at`` and earliest PENDING ``last_seen_at``."""
+
+    earliest_expiry: datetime | None = None
+    earliest_seen: datetime | None = None
 
 
 async def earliest_deadlines(
-    session: AsyncSession, schedule: ScheduleRow
-) -> tuple[datetime | None, datetime | None]:
-    """The earliest ``expires_at`` of the schedule's ACTIVE tokens, and the earliest
-    ``last_seen_at`` of its PENDING ones when it abandons; one indexed statement at most."""
-    wants_expiry = schedule.active_count > 0
-    wants_seen = domain.abandons(schedule.pending_ttl_seconds) and schedule.pending_count > 0
-    if not (wants_expiry or wants_seen):
-        return None, None
-    mine = TokenRow.schedule_id == schedule.schedule_id
-    expiry = select(func.min(TokenRow.expires_at)).where(mine, TokenRow.status == _ACTIVE)
-    seen = select(func.min(TokenRow.last_seen_at)).where(mine, TokenRow.status == _PENDING)
-    row = (
-        await session.execute(
-            select(
-                expiry.scalar_subquery() if wants_expiry else literal_column("NULL"),
-                seen.scalar_subquery() if wants_seen else literal_column("NULL"),
-            )
-        )
-    ).one()
-    return _aware(row[0]), _aware(row[1])
+    session: AsyncSession, schedules: Sequence[ScheduleRow]
+) -> dict[int, Deadlines]:
+    """Each schedule's deadlines, in two grouped statements at most: expiries of schedules
+    with ACTIVE tokens, and "seen" of those that abandon and have PENDING tokens."""
+    with_active = [s.schedule_id for s in schedules if s.active_count > 0]
+    abandoning = [
+        s.schedule_id
+        for s in schedules
+        if domain.abandons(s.pending_ttl_seconds) and s.pending_count > 0
+    ]
+    expiries = await _earliest(session, TokenRow.expires_at, _ACTIVE, with_active)
+    seen = await _earliest(session, TokenRow.last_seen_at, _PENDING, abandoning)
+    return {
+        s.schedule_id: Deadlines(expiries.get(s.schedule_id), seen.get(s.schedule_id))
+        for s in schedules
+    }
+
+
+async def _earliest(
+    session: AsyncSession,
+    column: InstrumentedAttribute[datetime] | InstrumentedAttribute[datetime | None],
+    status: ColumnElement[str],
+    schedule_ids: Sequence[int],
+) -> dict[int, datetime]:
+    if not schedule_ids:
+        return {}
+    stmt = (
+        select(TokenRow.schedule_id, func.min(column))
+        .where(TokenRow.schedule_id.in_(schedule_ids), TokenRow.status == status)
+        .group_by(TokenRow.schedule_id)
+    )
+    rows = (await session.execute(stmt)).all()
+    return {schedule_id: moment for schedule_id, m in rows if (moment := _aware(m)) is not None}
 
 
 def _aware(moment: datetime | str | None) -> datetime | None:
