@@ -24,8 +24,8 @@ class ActivatorSettings(CommonSettings):
     group_id: str = setting("CONSUMER_GROUP", "token-activate", "Kafka consumer group")
     fetch_max_wait_ms: int = setting(
         "FETCH_MAX_WAIT_MS",
-        20,
-        "longest the broker holds an empty fetch (latency vs. load)",
+        500,
+        "longest the broker holds a fetch while no record arrives (a record ends it at once)",
         positive,
     )
     session_timeout_ms: int = setting(

@@ -20,6 +20,8 @@ from waiting_core.seen import SeenTokens
 
 log = logging.getLogger(__name__)
 
+LEFTOVER_SCAN_SECONDS = 5.0
+
 SERVICE_NAMES = (
     queue_status_service_pb2.DESCRIPTOR.services_by_name["QueueStatusService"].full_name,
 )
@@ -41,6 +43,9 @@ class Activator(serving.GrpcService):
             settings.kafka_bootstrap,
             topics=topics,
             partitions=settings.topic_partitions,
+            # Settles hand their events over at once; the table scan only finds what a
+            # failed publish or an earlier process left behind.
+            poll_interval=LEFTOVER_SCAN_SECONDS,
         )
         self.seen = SeenTokens(self.database)
         self.hub = WatchHub(self.read_database, self.seen)

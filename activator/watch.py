@@ -64,6 +64,7 @@ class WatchHub(BackgroundWorker):
         self._position_interval = position_interval
         self._watchers: dict[str, set[_Watcher]] = {}
         self.polls = 0
+        self._watching = asyncio.Event()  # idle while no stream is open: no wake-ups
         super().__init__()
 
     @property
@@ -80,6 +81,7 @@ class WatchHub(BackgroundWorker):
             await self._note_seen(session, [token])
         watcher = _Watcher(view, token.status)
         self._watchers.setdefault(token_id, set()).add(watcher)
+        self._watching.set()
         try:
             while True:
                 await watcher.changed.wait()
@@ -106,11 +108,14 @@ class WatchHub(BackgroundWorker):
             watchers.discard(watcher)
             if not watchers:
                 del self._watchers[token_id]
+        if not self._watchers:
+            self._watching.clear()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_positions = loop.time()
         while True:
+            await self._watching.wait()
             await asyncio.sleep(self.status_interval)
             if not self._watchers:
                 continue

@@ -1,8 +1,8 @@
 """Readiness: what ``grpc.health.v1`` reports, from checks of what a service needs to work.
 
 A check is an async callable that returns None when all is well, or the reason it is not.
-:class:`HealthReporter` runs every check once a second and reports SERVING only while all of
-them pass; a change is logged with its reasons. So a load balancer or ``grpc-health-probe``
+:class:`HealthReporter` runs every check every two seconds and reports SERVING only while
+all of them pass; a change is logged with its reasons. So a load balancer or ``grpc-health-probe``
 sees NOT_SERVING while, for example, the Kafka broker cannot be reached, instead of a
 service that accepts calls it cannot carry out.
 """
@@ -50,7 +50,7 @@ class HealthReporter(BackgroundWorker):
         servicer: HealthServicer,
         service_names: Sequence[str],
         checks: Sequence[Check],
-        interval: float = 1.0,
+        interval: float = 2.0,
     ) -> None:
         self._servicer = servicer
         self._service_names = service_names

@@ -33,6 +33,7 @@ class SeenTokens(BackgroundWorker):
         self._database = database
         self._interval = interval
         self._pending: set[str] = set()
+        self._noted = asyncio.Event()  # idle until something is noted: no wake-ups for nothing
         super().__init__()
 
     def note(self, token_id: str, schedule: ScheduleRow | None) -> None:
@@ -43,6 +44,7 @@ class SeenTokens(BackgroundWorker):
         """
         if schedule is not None and domain.abandons(schedule.pending_ttl_seconds):
             self._pending.add(token_id)
+            self._noted.set()
 
     async def stop(self) -> None:
         """Stop, then flush what is left."""
@@ -60,9 +62,9 @@ class SeenTokens(BackgroundWorker):
 
     async def _run(self) -> None:
         while True:
+            await self._noted.wait()
             await asyncio.sleep(self._interval)
-            if not self._pending:
-                continue
+            self._noted.clear()
             try:
                 await self.flush()
             except Exception:
