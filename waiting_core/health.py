@@ -2,9 +2,9 @@
 
 A check is an async callable that returns None when all is well, or the reason it is not.
 :class:`HealthReporter` runs every check every two seconds and reports SERVING only while
-all of them pass; a change is logged with its reasons. So a load balancer or ``grpc-health-probe``
-sees NOT_SERVING while, for example, the Kafka broker cannot be reached, instead of a
-service that accepts calls it cannot carry out.
+all of them pass; a change is logged with its reasons. So a load balancer or
+``grpc-health-probe`` sees NOT_SERVING while, for example, the Kafka broker cannot be
+reached, instead of a service that accepts calls it cannot carry out.
 """
 
 from __future__ import annotations
