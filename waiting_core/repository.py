@@ -485,15 +485,26 @@ async def _earliest(
     status: ColumnElement[str],
     schedule_ids: Sequence[int],
 ) -> dict[int, datetime]:
+    """The earliest ``column`` of each schedule's tokens in ``status``: one row with a scalar
+    subquery per schedule, each the first entry of an index range (MIN with GROUP BY would
+    read every entry, and a schedule may hold a million ACTIVE tokens).
+    """
     if not schedule_ids:
         return {}
-    stmt = (
-        select(TokenRow.schedule_id, func.min(column))
-        .where(TokenRow.schedule_id.in_(schedule_ids), TokenRow.status == status)
-        .group_by(TokenRow.schedule_id)
-    )
-    rows = (await session.execute(stmt)).all()
-    return {schedule_id: moment for schedule_id, m in rows if (moment := _aware(m)) is not None}
+    earliest = [
+        select(column)
+        .where(TokenRow.schedule_id == schedule_id, TokenRow.status == status)
+        .order_by(column)
+        .limit(1)
+        .scalar_subquery()
+        for schedule_id in schedule_ids
+    ]
+    row = (await session.execute(select(*earliest))).one()
+    return {
+        schedule_id: moment
+        for schedule_id, value in zip(schedule_ids, row, strict=True)
+        if (moment := _aware(value)) is not None
+    }
 
 
 def _aware(moment: datetime | str | None) -> datetime | None:
