@@ -501,10 +501,10 @@ class Bench:
                 queue_status_service_pb2.GetTokenStatusRequest(token_id=rng.choice(waiters)),
                 timeout=10,
             )
-            await asyncio.sleep(0.01)  # four callers: at most ~400 calls a second
+            await asyncio.sleep(0.02)  # eight callers: at most ~400 calls a second
             return reply
 
-        load = await closed_loop(status, 4, spread + 5)
+        load = await closed_loop(status, 8, spread + 5)
         holders = {holder: schedule_id for schedule_id, (holder, _) in lines.items()}
         async with db.transaction(read_only=True) as session:
             rows = (
