@@ -1,11 +1,12 @@
 """Group commit for IssueToken: concurrent calls share one transaction.
 
-One writer task takes every request that is waiting, writes them all in one transaction (a
-lock per schedule, one look-up of live tokens per schedule, the new token rows and their
-outbox events), commits once, and answers every caller. Requests that arrive meanwhile
-form the next batch, so there is no timer and no added latency when the service is idle,
-while a burst costs one commit per batch instead of one per request. The transaction runs
-in the writer task, not the RPC's, so a cancelled call can never leave half a write.
+One writer task takes every request that is waiting, writes them all in one transaction (one
+statement locks every schedule of the batch, one finds the callers' live tokens, then the
+new token rows and their outbox events), commits once, and answers every caller. Requests
+that arrive meanwhile form the next batch, so there is no timer and no added latency when
+the service is idle, while a burst costs one commit per batch instead of one per request.
+The transaction runs in the writer task, not the RPC's, so a cancelled call can never leave
+half a write.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import datetime
 from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
 from waiting_core.events import Topics, create_token_event, outbox_row
-from waiting_core.models import TokenRow
+from waiting_core.models import ScheduleRow, TokenRow
 from waiting_core.outbox import OutboxRelay, OutboxTransaction
 from waiting_core.worker import BackgroundWorker
 
@@ -84,38 +85,48 @@ class IssueBatcher(BackgroundWorker):
                 request.answer.set_result(issued)
 
     async def _write_batch(self, tx: OutboxTransaction, batch: list[_Request]) -> list[Issued]:
-        by_schedule: dict[int, list[_Request]] = {}
+        """Lock every schedule of the batch and find its users' live tokens, a statement
+        each for the whole batch; then append the newcomers, schedule by schedule."""
+        grouped: dict[int, dict[str, None]] = {}  # each schedule's users, once, in order
         for request in batch:
-            by_schedule.setdefault(request.schedule_id, []).append(request)
+            grouped.setdefault(request.schedule_id, {})[request.user_id] = None
+        users_by_schedule = {schedule: list(users) for schedule, users in grouped.items()}
+        session = tx.session
+        schedules = await repository.lock_schedules(session, list(users_by_schedule))
+        now = utc_now()  # under the locks, so issue times follow the lines' order
+        live = await repository.find_live_tokens(session, users_by_schedule)
         issued: dict[tuple[int, str], Issued] = {}
-        for schedule_id in sorted(by_schedule):  # one lock order for every writer
-            users = list(dict.fromkeys(r.user_id for r in by_schedule[schedule_id]))
-            for user_id, result in await self._issue_for_schedule(tx, schedule_id, users):
-                issued[(schedule_id, user_id)] = result
+        for schedule in schedules:  # in id order
+            users = users_by_schedule[schedule.schedule_id]
+            for user_id, result in await self._issue_for_schedule(tx, schedule, users, live, now):
+                issued[(schedule.schedule_id, user_id)] = result
         return [issued[(r.schedule_id, r.user_id)] for r in batch]
 
     async def _issue_for_schedule(
-        self, tx: OutboxTransaction, schedule_id: int, users: Sequence[str]
+        self,
+        tx: OutboxTransaction,
+        schedule: ScheduleRow,
+        users: Sequence[str],
+        live: dict[tuple[int, str], TokenRow],
+        now: datetime,
     ) -> list[tuple[str, Issued]]:
-        session = tx.session
-        schedule = await repository.lock_schedule(session, schedule_id)
-        now = utc_now()  # under the lock, so issue times follow the line's order
-        live = await repository.find_live_tokens(session, schedule_id, users)
-        returning = list(live.values())
+        schedule_id = schedule.schedule_id
+        returning = [live[(schedule_id, u)] for u in users if (schedule_id, u) in live]
         positions = await repository.pending_positions(
-            session, schedule_id, schedule.head_seq, returning
+            tx.session, schedule_id, schedule.head_seq, returning
         )
-        newcomers = [u for u in users if u not in live]
+        newcomers = [u for u in users if (schedule_id, u) not in live]
         pending_before = schedule.pending_count
-        fresh = repository.append_pending_tokens(session, schedule, newcomers, now)
+        fresh = repository.append_pending_tokens(tx.session, schedule, newcomers, now)
+        mine = {token.user_id: token for token in returning}
         for token, position in zip(
             fresh, domain.tail_positions(pending_before, len(fresh)), strict=True
         ):
-            live[token.user_id] = token
+            mine[token.user_id] = token
             positions[token.token_id] = position
         self._announce(tx, fresh, now)
         self._newcomers += len(fresh)
-        return [(u, Issued(live[u], positions[live[u].token_id])) for u in users]
+        return [(u, Issued(mine[u], positions[mine[u].token_id])) for u in users]
 
     def _announce(self, tx: OutboxTransaction, tokens: Sequence[TokenRow], now: datetime) -> None:
         """A CreateTokenEvent per new token, in the outbox of this transaction."""

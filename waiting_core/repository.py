@@ -74,7 +74,7 @@ async def lock_schedule(session: AsyncSession, schedule_id: int) -> ScheduleRow:
     """Lock the schedule's row for this transaction, creating it with defaults if missing."""
     row = await _select_for_update(session, schedule_id)
     if row is None:
-        await _insert_default_schedule(session, schedule_id)
+        await _insert_default_schedules(session, [schedule_id])
         row = await _select_for_update(session, schedule_id)
     assert row is not None  # noqa: S101 - inserted just above
     return row
@@ -96,8 +96,7 @@ async def lock_schedules(session: AsyncSession, schedule_ids: Sequence[int]) -> 
     rows = await _select_many_for_update(session, ids)
     missing = sorted(set(ids) - {row.schedule_id for row in rows})
     if missing:
-        for schedule_id in missing:
-            await _insert_default_schedule(session, schedule_id)
+        await _insert_default_schedules(session, missing)
         rows = await _select_many_for_update(session, ids)
     return rows
 
@@ -113,25 +112,30 @@ async def _select_many_for_update(session: AsyncSession, ids: Sequence[int]) -> 
     return list((await session.execute(stmt)).scalars().all())
 
 
-async def _insert_default_schedule(session: AsyncSession, schedule_id: int) -> None:
-    defaults = ScheduleSettings(schedule_id)
-    values = {
-        "schedule_id": schedule_id,
-        "capacity": defaults.capacity,
-        "active_ttl_seconds": defaults.active_ttl_seconds,
-        "pending_ttl_seconds": defaults.pending_ttl_seconds,
-        "admit_rate_per_second": defaults.admit_rate_per_second,
-        "last_seq": 0,
-        "head_seq": 0,
-        "active_count": 0,
-        "pending_count": 0,
-        "admitted_total": 0,
-        "rate_allowance": 0.0,
-        "admit_rate_estimate": 0.0,
-    }
+async def _insert_default_schedules(session: AsyncSession, schedule_ids: Sequence[int]) -> None:
+    """Create the schedules with default settings, in one statement; existing ones stay."""
+    rows = []
+    for schedule_id in schedule_ids:
+        defaults = ScheduleSettings(schedule_id)
+        rows.append(
+            {
+                "schedule_id": schedule_id,
+                "capacity": defaults.capacity,
+                "active_ttl_seconds": defaults.active_ttl_seconds,
+                "pending_ttl_seconds": defaults.pending_ttl_seconds,
+                "admit_rate_per_second": defaults.admit_rate_per_second,
+                "last_seq": 0,
+                "head_seq": 0,
+                "active_count": 0,
+                "pending_count": 0,
+                "admitted_total": 0,
+                "rate_allowance": 0.0,
+                "admit_rate_estimate": 0.0,
+            }
+        )
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(insert(ScheduleRow).values(values).on_conflict_do_nothing())
+    await session.execute(insert(ScheduleRow).values(rows).on_conflict_do_nothing())
 
 
 def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
@@ -182,13 +186,17 @@ async def get_token(session: AsyncSession, token_id: str) -> TokenRow:
 
 
 async def find_live_tokens(
-    session: AsyncSession, schedule_id: int, user_ids: Sequence[str]
-) -> dict[str, TokenRow]:
-    """The users' PENDING or ACTIVE tokens for the schedule, by user id (I5)."""
+    session: AsyncSession, users_by_schedule: Mapping[int, Sequence[str]]
+) -> dict[tuple[int, str], TokenRow]:
+    """The users' PENDING or ACTIVE tokens, by (schedule, user), in one statement (I5)."""
+    schedule_ids = list(users_by_schedule)
+    user_ids = sorted({user for users in users_by_schedule.values() for user in users})
     stmt = select(TokenRow).where(
-        TokenRow.schedule_id == schedule_id, TokenRow.user_id.in_(user_ids), _LIVE
+        TokenRow.schedule_id.in_(schedule_ids), TokenRow.user_id.in_(user_ids), _LIVE
     )
-    return {t.user_id: t for t in (await session.execute(stmt)).scalars().all()}
+    wanted = {(s, u) for s, users in users_by_schedule.items() for u in users}
+    found = (await session.execute(stmt)).scalars().all()
+    return {(t.schedule_id, t.user_id): t for t in found if (t.schedule_id, t.user_id) in wanted}
 
 
 def append_pending_tokens(
