@@ -1,4 +1,5 @@
-"""Settling a schedule: one short transaction that expires, drops the abandoned, and admits.
+"""Settling schedules: short transactions that expire, drop the abandoned, admit, and plan
+each schedule's next due moment, for up to SETTLE_BATCH schedules at a time.
 
 Every reason to look at a schedule (a new token, a freed slot, a TTL running out, the rate
 bucket refilling) ends here, so there is one code path that changes ACTIVE counts.
