@@ -160,14 +160,19 @@ async def queue_status(
     )
 
 
-async def set_capacity(system: System, schedule_id: int, capacity: int) -> None:
-    """UpsertSchedule with the given capacity and default TTLs."""
+async def configure(system: System, schedule_id: int, **settings: int) -> None:
+    """UpsertSchedule with these settings (the others keep their values: an implied mask)."""
     await system.schedules.UpsertSchedule(
         schedule_service_pb2.UpsertScheduleRequest(
-            schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, capacity=capacity)
+            schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, **settings)
         ),
         timeout=RPC_TIMEOUT,
     )
+
+
+async def set_capacity(system: System, schedule_id: int, capacity: int) -> None:
+    """UpsertSchedule of the capacity alone."""
+    await configure(system, schedule_id, capacity=capacity)
 
 
 async def wait_counts(system: System, schedule_id: int, active: int, pending: int) -> None:

@@ -13,20 +13,12 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from activator.admission import Settlement
-from tests.helpers import RPC_TIMEOUT, System, eventually, issue, wait_counts
-from waiting.v1 import schedule_service_pb2 as ss
+from tests.helpers import System, configure, eventually, issue, wait_counts
 from waiting_core.domain import TokenStatus
 from waiting_core.models import TokenRow
 
 SCHEDULES = 40
 BOUND = timedelta(seconds=1)
-
-
-async def _configure(system: System, schedule_id: int, **settings: int) -> None:
-    await system.schedules.UpsertSchedule(
-        ss.UpsertScheduleRequest(schedule=ss.Schedule(schedule_id=schedule_id, **settings)),
-        timeout=RPC_TIMEOUT,
-    )
 
 
 async def _rows(system: System, schedule_ids: list[int]) -> dict[str, TokenRow]:
@@ -47,12 +39,12 @@ async def _lines(
     """
     schedule_ids = [new_schedule_id() for _ in range(SCHEDULES)]
     first = {} if holders_in_first else settings
-    await asyncio.gather(*(_configure(system, s, capacity=1, **first) for s in schedule_ids))
+    await asyncio.gather(*(configure(system, s, capacity=1, **first) for s in schedule_ids))
     await asyncio.gather(*(issue(system, "holder", s) for s in schedule_ids))
     if holders_in_first:
         for schedule_id in schedule_ids:
             await wait_counts(system, schedule_id, active=1, pending=0)
-        await asyncio.gather(*(_configure(system, s, **settings) for s in schedule_ids))
+        await asyncio.gather(*(configure(system, s, **settings) for s in schedule_ids))
     await asyncio.gather(*(issue(system, "waiter", s) for s in schedule_ids))
     return schedule_ids
 

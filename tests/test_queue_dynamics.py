@@ -13,6 +13,7 @@ from activator.watch import WatchHub
 from tests.helpers import (
     RPC_TIMEOUT,
     System,
+    configure,
     eventually,
     issue,
     queue_status,
@@ -23,7 +24,6 @@ from tests.helpers import (
 from waiting.v1 import (
     events_pb2,
     queue_status_service_pb2,
-    schedule_service_pb2,
     token_pb2,
     token_service_pb2,
 )
@@ -32,15 +32,6 @@ from waiting_core import repository
 ACTIVE = token_pb2.TOKEN_STATUS_ACTIVE
 EXPIRED = token_pb2.TOKEN_STATUS_EXPIRED
 PENDING = token_pb2.TOKEN_STATUS_PENDING
-
-
-async def configure(system: System, schedule_id: int, **fields: int) -> None:
-    await system.schedules.UpsertSchedule(
-        schedule_service_pb2.UpsertScheduleRequest(
-            schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, **fields)
-        ),
-        timeout=RPC_TIMEOUT,
-    )
 
 
 async def test_expiry_frees_the_slot_for_the_next_token(system: System, schedule_id: int) -> None:

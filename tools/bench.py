@@ -561,7 +561,7 @@ class Bench:
             for level in self.results["issue_levels"]
             if level["issue"]["concurrency"] == 32
         ]
-        last = _aware(last_active)
+        last: datetime | None = last_active  # func.max keeps the column's UTCDateTime
         return {
             **run.summary(),
             "one_schedule_rps": into_one[0] if into_one else None,
@@ -572,14 +572,6 @@ class Bench:
                 else None
             ),
         }
-
-
-def _aware(moment: datetime | str | None) -> datetime | None:
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    if moment is not None and moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
 
 
 async def kafka_floor(bootstrap: str, rounds: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ import bisect
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     ColumnElement,
@@ -72,22 +72,8 @@ async def get_schedule(session: AsyncSession, schedule_id: int) -> ScheduleRow |
 
 async def lock_schedule(session: AsyncSession, schedule_id: int) -> ScheduleRow:
     """Lock the schedule's row for this transaction, creating it with defaults if missing."""
-    row = await _select_for_update(session, schedule_id)
-    if row is None:
-        await _insert_default_schedules(session, [schedule_id])
-        row = await _select_for_update(session, schedule_id)
-    assert row is not None  # noqa: S101 - inserted just above
+    (row,) = await lock_schedules(session, [schedule_id])
     return row
-
-
-async def _select_for_update(session: AsyncSession, schedule_id: int) -> ScheduleRow | None:
-    stmt = (
-        select(ScheduleRow)
-        .where(ScheduleRow.schedule_id == schedule_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def lock_schedules(session: AsyncSession, schedule_ids: Sequence[int]) -> list[ScheduleRow]:
@@ -507,21 +493,12 @@ async def _earliest(
         .scalar_subquery()
         for schedule_id in schedule_ids
     ]
-    row = (await session.execute(select(*earliest))).one()
+    row = (await session.execute(select(*earliest))).one()  # UTCDateTime: aware datetimes
     return {
         schedule_id: moment
-        for schedule_id, value in zip(schedule_ids, row, strict=True)
-        if (moment := _aware(value)) is not None
+        for schedule_id, moment in zip(schedule_ids, row, strict=True)
+        if moment is not None
     }
-
-
-def _aware(moment: datetime | str | None) -> datetime | None:
-    """A UTC datetime from an aggregate, which SQLite hands back as naive text."""
-    if moment is None:
-        return None
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 async def due_schedules(session: AsyncSession, now: datetime, limit: int) -> Sequence[int]:
