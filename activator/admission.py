@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
-from waiting_core.domain import TokenStatus
+from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.events import Topics, state_changed_rows
 from waiting_core.models import ScheduleRow, TokenRow
 from waiting_core.outbox import OutboxRelay, OutboxTransaction
@@ -30,6 +30,7 @@ class Settlement:
     """What one settle transaction changed."""
 
     schedule_id: int
+    placed: Sequence[NewToken] = field(default_factory=tuple)
     admitted: Sequence[TokenRow] = field(default_factory=tuple)
     expired: Sequence[TokenRow] = field(default_factory=tuple)
     abandoned: Sequence[TokenRow] = field(default_factory=tuple)
@@ -39,8 +40,8 @@ class Settlement:
 
     @property
     def changed(self) -> bool:
-        """Whether any token changed state."""
-        return bool(self.admitted or self.expired or self.abandoned)
+        """Whether any token was placed in line or changed state."""
+        return bool(self.placed or self.admitted or self.expired or self.abandoned)
 
 
 class Admitter:
@@ -73,32 +74,42 @@ class Admitter:
         """Settle one schedule in its own transaction (see ``settle_many``)."""
         return (await self.settle_many([schedule_id]))[0]
 
-    async def settle_many(self, schedule_ids: Iterable[int]) -> list[Settlement]:
+    async def settle_many(
+        self,
+        schedule_ids: Iterable[int],
+        newcomers: Mapping[int, Sequence[NewToken]] | None = None,
+    ) -> list[Settlement]:
         """Settle the schedules, up to SETTLE_BATCH of them per transaction, in id order.
 
-        Each transaction locks its schedules' rows, then in one statement each: expires the
-        ACTIVE tokens past their TTL, drops the abandoned PENDING ones, admits the oldest
-        PENDING tokens up to each schedule's free slots (and rate), and reads the deadlines
-        that plan each schedule's next due moment. Running it twice, or from two activators
-        at once, admits nobody twice and never exceeds capacity (I1, I4): the row locks
-        serialise the counts and the updates, and only PENDING rows can become ACTIVE.
-        Admission takes the oldest first (I2).
+        Each transaction locks its schedules' rows and places the ``newcomers`` (tokens read
+        from the log, each schedule's in log order) at the end of their lines, dropping any
+        already placed or whose user holds a live token (I5). Then, in one statement each,
+        it expires the ACTIVE tokens past their TTL, drops the abandoned PENDING ones,
+        admits the oldest PENDING tokens up to each schedule's free slots (and rate), and
+        reads the deadlines that plan each schedule's next due moment.
+
+        Running it twice, or from two activators at once, admits nobody twice and never
+        exceeds capacity (I1, I4): the row locks serialise the counts and the updates, and
+        only PENDING rows can become ACTIVE. Admission takes the oldest first (I2).
         """
         ids = sorted(set(schedule_ids))
         settlements: list[Settlement] = []
         for start in range(0, len(ids), SETTLE_BATCH):
+            chunk = ids[start : start + SETTLE_BATCH]
+            arriving = [t for i in chunk for t in (newcomers or {}).get(i, ())]
             async with self._relay.transaction() as tx:
-                batch = await self._settle_locked(tx, ids[start : start + SETTLE_BATCH])
+                batch = await self._settle_locked(tx, chunk, arriving)
             self._report(batch)
             settlements += batch
         return settlements
 
     async def _settle_locked(
-        self, tx: OutboxTransaction, schedule_ids: Sequence[int]
+        self, tx: OutboxTransaction, schedule_ids: Sequence[int], newcomers: Sequence[NewToken]
     ) -> list[Settlement]:
         session = tx.session
         schedules = await repository.lock_schedules(session, schedule_ids)
         now = utc_now()  # under the locks, so activation times follow admission order
+        placed = _by_schedule_id(await repository.place_new_tokens(session, schedules, newcomers))
         expired = _by_schedule(await repository.expire_due_active(session, schedules, now))
         abandoned = _by_schedule(await repository.abandon_stale_pending(session, schedules, now))
         limits = {schedule: _admissions_now(schedule, now) for schedule in schedules}
@@ -124,6 +135,7 @@ class Admitter:
         return [
             Settlement(
                 schedule.schedule_id,
+                placed[schedule.schedule_id],
                 admitted[schedule.schedule_id],
                 expired[schedule.schedule_id],
                 abandoned[schedule.schedule_id],
@@ -185,6 +197,14 @@ def _by_schedule(tokens: Sequence[TokenRow]) -> defaultdict[int, list[TokenRow]]
     """Tokens grouped by schedule, each group in seq order."""
     groups: defaultdict[int, list[TokenRow]] = defaultdict(list)
     for token in sorted(tokens, key=lambda t: t.seq):
+        groups[token.schedule_id].append(token)
+    return groups
+
+
+def _by_schedule_id(tokens: Sequence[NewToken]) -> defaultdict[int, list[NewToken]]:
+    """New tokens grouped by schedule, each group in log order."""
+    groups: defaultdict[int, list[NewToken]] = defaultdict(list)
+    for token in tokens:
         groups[token.schedule_id].append(token)
     return groups
 

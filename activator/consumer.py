@@ -1,9 +1,10 @@
 """The Kafka side of the activator: consume ``waiting-token``, admit, then commit offsets.
 
 Offsets are committed only after the admission transactions of a batch committed (I3).
-A batch's events are reduced to the set of schedules they name, which are settled together,
-up to a hundred schedules per transaction, so a burst of CreateTokenEvents costs one
-admission per schedule, and many schedules share one commit.
+The log is the queue: a batch's CreateTokenEvents are placed in their schedules' lines in
+log order (so FIFO holds across any number of token_api processes), duplicates dropped, and
+every schedule the batch names is settled in the same transactions, up to a hundred
+schedules per transaction, so a burst costs a few statements, not one per token.
 Records that cannot be decoded go to the dead-letter topic with their coordinates and the
 error in headers, and the partition moves on. A database outage is retried with
 exponential back-off and jitter, without committing.
@@ -24,8 +25,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from activator.admission import Admitter
 from activator.config import ActivatorSettings
 from waiting_core import metrics
+from waiting_core.domain import NewToken
 from waiting_core.errors import BadEvent, Unavailable
-from waiting_core.events import Topics, admission_schedule, ensure_topics
+from waiting_core.events import Topics, decode_waiting_record, ensure_topics
 from waiting_core.retry import backoff
 
 log = logging.getLogger(__name__)
@@ -190,13 +192,18 @@ class AdmissionConsumer:
 
     async def _apply_and_commit(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         by_schedule: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+        newcomers: dict[int, list[NewToken]] = defaultdict(list)
         for records in batch.values():
-            for record in records:
+            for record in records:  # in log order: a schedule's records share a partition
                 try:
-                    by_schedule[admission_schedule(record.headers, record.value)].append(record)
+                    schedule_id, token = decode_waiting_record(record.headers, record.value)
                 except BadEvent as exc:
                     await self._dead_letter(record, exc)
-        await self._settle_batch(by_schedule)
+                    continue
+                by_schedule[schedule_id].append(record)
+                if token is not None:
+                    newcomers[schedule_id].append(token)
+        await self._settle_batch(by_schedule, newcomers)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         for tp, next_offset in offsets.items():
             highwater = consumer.highwater(tp)
@@ -210,7 +217,9 @@ class AdmissionConsumer:
             log.warning("offset commit failed (%s); the records will be read again", exc)
 
     async def _settle_batch(
-        self, by_schedule: dict[int, list[ConsumerRecord[bytes, bytes]]]
+        self,
+        by_schedule: dict[int, list[ConsumerRecord[bytes, bytes]]],
+        newcomers: dict[int, list[NewToken]],
     ) -> None:
         """Settle every schedule the batch names, sharing transactions; retry while the
         database is unavailable. Any other failure falls back to one schedule at a time, so
@@ -218,7 +227,7 @@ class AdmissionConsumer:
         attempt = 0
         while True:
             try:
-                await self._admitter.settle_many(by_schedule)
+                await self._admitter.settle_many(by_schedule, newcomers)
                 return
             except Unavailable as exc:
                 attempt += 1
@@ -229,16 +238,21 @@ class AdmissionConsumer:
             except Exception:
                 log.exception("settling %d schedules failed; one at a time", len(by_schedule))
                 for schedule_id, records in sorted(by_schedule.items()):
-                    await self._admit_with_retry(schedule_id, records)
+                    await self._admit_with_retry(
+                        schedule_id, records, newcomers.get(schedule_id, [])
+                    )
                 return
 
     async def _admit_with_retry(
-        self, schedule_id: int, records: list[ConsumerRecord[bytes, bytes]]
+        self,
+        schedule_id: int,
+        records: list[ConsumerRecord[bytes, bytes]],
+        newcomers: list[NewToken],
     ) -> None:
         attempt = 0
         while True:
             try:
-                await self._admitter.admit(schedule_id)
+                await self._admitter.settle_many([schedule_id], {schedule_id: newcomers})
                 return
             except Unavailable as exc:
                 attempt += 1

@@ -15,6 +15,7 @@ from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.health import KafkaCheck, database_check
+from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 
@@ -48,7 +49,8 @@ class Activator(serving.GrpcService):
             poll_interval=LEFTOVER_SCAN_SECONDS,
         )
         self.seen = SeenTokens(self.database)
-        self.hub = WatchHub(self.read_database, self.seen)
+        self.ids = TokenIdSource(self.database)
+        self.hub = WatchHub(self.read_database, self.seen, self.ids)
         self.admitter = Admitter(self.relay, topics)
         self.admitter.subscribe(self.hub.on_settlement)
         self.admitter.subscribe(record_metrics)
@@ -58,7 +60,7 @@ class Activator(serving.GrpcService):
         )
         server = serving.new_server()
         queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server(
-            QueueStatusService(self.read_database, self.hub, self.seen), server
+            QueueStatusService(self.read_database, self.hub, self.seen, self.ids), server
         )
         super().__init__(
             "activator",

@@ -13,6 +13,8 @@ from waiting.v1 import queue_status_service_pb2_grpc
 from waiting_core import domain, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
+from waiting_core.errors import TokenNotFound
+from waiting_core.identity import TokenIdSource
 from waiting_core.seen import SeenTokens
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -21,7 +23,10 @@ Context = grpc.aio.ServicerContext[object, object]
 class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceServicer):
     """Answers where a schedule's line and a token stand, once or as a stream."""
 
-    def __init__(self, database: Database, hub: WatchHub, seen: SeenTokens) -> None:
+    def __init__(
+        self, database: Database, hub: WatchHub, seen: SeenTokens, ids: TokenIdSource
+    ) -> None:
+        self._ids = ids
         self._seen = seen
         self._database = database
         self._hub = hub
@@ -46,8 +51,14 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
     ) -> pb.GetTokenStatusResponse:
         token_id = domain.validate_token_id(request.token_id)
         now = utc_now()
-        async with self._database.single_read() as session:
-            found = await repository.read_token_in_line(session, token_id)
+        try:
+            async with self._database.single_read() as session:
+                found = await repository.read_token_in_line(session, token_id)
+        except TokenNotFound:
+            unplaced = await self._ids.unplaced(token_id)
+            if unplaced is None:
+                raise
+            return pb.GetTokenStatusResponse(token=unplaced, estimate_known=False)
         view = token_view(found.token, found.position, found.schedule, now)
         self._seen.note(token_id, found.schedule)
         return pb.GetTokenStatusResponse(

@@ -23,8 +23,9 @@ from activator.status import TokenView, read_token_views, token_view
 from waiting_core import repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
-from waiting_core.domain import TokenStatus
+from waiting_core.domain import TokenStatus, WaitEstimate
 from waiting_core.errors import TokenNotFound, Unavailable
+from waiting_core.identity import TokenIdSource
 from waiting_core.models import TokenRow
 from waiting_core.seen import SeenTokens
 from waiting_core.worker import BackgroundWorker
@@ -41,6 +42,11 @@ class _Watcher:
         self.changed = asyncio.Event()
         self.changed.set()
 
+    @property
+    def placed(self) -> bool:
+        """Whether the token was in line when this watcher last looked."""
+        return self.latest.token.position_known
+
     def offer(self, view: TokenView, status: TokenStatus) -> None:
         self.latest, self.status = view, status
         self.changed.set()
@@ -55,11 +61,13 @@ class WatchHub(BackgroundWorker):
         self,
         database: Database,
         seen: SeenTokens,
+        ids: TokenIdSource,
         status_interval: float = 0.05,
         position_interval: float = 1.0,
     ) -> None:
         self._database = database
         self._seen = seen
+        self._ids = ids
         self.status_interval = status_interval
         self._position_interval = position_interval
         self._watchers: dict[str, set[_Watcher]] = {}
@@ -73,13 +81,12 @@ class WatchHub(BackgroundWorker):
         return sum(len(w) for w in self._watchers.values())
 
     async def watch(self, token_id: str) -> AsyncIterator[TokenView]:
-        """The token's view now, then its changes, until it leaves PENDING or ACTIVE."""
-        now = utc_now()
-        async with self._database.transaction(read_only=True) as session:
-            token = await repository.get_token(session, token_id)
-            view = (await read_token_views(session, [token], now))[token_id]
-            await self._note_seen(session, [token])
-        watcher = _Watcher(view, token.status)
+        """The token's view now, then its changes, until it leaves PENDING or ACTIVE.
+
+        A token just issued and not yet placed starts as PENDING with no position; the
+        frequent status poll picks it up as soon as it is in line.
+        """
+        watcher = _Watcher(*await self._first_view(token_id))
         self._watchers.setdefault(token_id, set()).add(watcher)
         self._watching.set()
         try:
@@ -91,6 +98,20 @@ class WatchHub(BackgroundWorker):
                     return
         finally:
             self._forget(token_id, watcher)
+
+    async def _first_view(self, token_id: str) -> tuple[TokenView, TokenStatus]:
+        now = utc_now()
+        try:
+            async with self._database.transaction(read_only=True) as session:
+                token = await repository.get_token(session, token_id)
+                view = (await read_token_views(session, [token], now))[token_id]
+                await self._note_seen(session, [token])
+        except TokenNotFound:
+            unplaced = await self._ids.unplaced(token_id)
+            if unplaced is None:
+                raise
+            return TokenView(unplaced, WaitEstimate(0, known=False)), TokenStatus.PENDING
+        return view, token.status
 
     def on_settlement(self, settlement: Settlement) -> None:
         """Push status changes committed by this activator at once."""
@@ -157,7 +178,9 @@ class WatchHub(BackgroundWorker):
                 self._seen.note(token.token_id, schedule)
 
     def _status_changed(self, token_id: str, status: TokenStatus) -> bool:
-        return any(w.status != status for w in self._watchers.get(token_id, ()))
+        """Whether a watcher of the token needs a fresh view: its status changed, or it
+        was watching before the token was placed in line."""
+        return any(w.status != status or not w.placed for w in self._watchers.get(token_id, ()))
 
     def _offer(self, token_id: str, view: TokenView, status: TokenStatus) -> None:
         for watcher in self._watchers.get(token_id, ()):

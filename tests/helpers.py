@@ -134,12 +134,32 @@ async def eventually(
 
 
 async def issue(system: System, user_id: str, schedule_id: int) -> token_pb2.Token:
-    """IssueToken through the real server."""
+    """IssueToken through the real server, then wait until the activator has placed the
+    token in line; returns the placed token as GetToken shows it."""
+    issued = await issue_unplaced(system, user_id, schedule_id)
+    return await placed(system, issued.token_id)
+
+
+async def issue_unplaced(system: System, user_id: str, schedule_id: int) -> token_pb2.Token:
+    """IssueToken through the real server, as the caller gets it (maybe not placed yet)."""
     reply = await system.tokens.IssueToken(
         token_service_pb2.IssueTokenRequest(user_id=user_id, schedule_id=schedule_id),
         timeout=RPC_TIMEOUT,
     )
     return reply.token
+
+
+async def placed(system: System, token_id: str, timeout: float = 30.0) -> token_pb2.Token:
+    """The token once the activator has placed it in line (GetToken's view)."""
+    request = token_service_pb2.GetTokenRequest(token_id=token_id)
+    deadline = asyncio.get_running_loop().time() + timeout
+    pause = 0.005
+    while True:
+        token = (await system.tokens.GetToken(request, timeout=RPC_TIMEOUT)).token
+        if token.position_known or asyncio.get_running_loop().time() > deadline:
+            return token
+        await asyncio.sleep(pause)
+        pause = min(0.1, pause * 2)  # the services share this process's loop: poll gently
 
 
 async def token_status(system: System, token_id: str) -> token_pb2.Token:

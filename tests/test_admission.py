@@ -65,7 +65,7 @@ async def test_token_ids_are_long_and_distinct(system: System, schedule_id: int)
     tokens = [await issue(system, f"u{i}", schedule_id) for i in range(50)]
 
     assert len({t.token_id for t in tokens}) == 50
-    assert all(len(t.token_id) == 32 for t in tokens)  # 24 random bytes, base64
+    assert all(len(t.token_id) == 43 for t in tokens)  # 32 bytes, base64 (token_ids)
 
 
 async def test_completing_an_active_token_admits_the_next_one(

@@ -6,17 +6,35 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from waiting_core import domain, retry
+from waiting_core import domain, retry, token_ids
 from waiting_core.domain import ScheduleSettings, TokenStatus
 from waiting_core.errors import FailedPrecondition, InvalidArgument
+from waiting_core.token_ids import TokenIds
 
 
-def test_token_ids_carry_at_least_128_random_bits() -> None:
-    ids = {domain.new_token_id() for _ in range(1000)}
+def test_derived_token_ids_are_stable_per_generation_and_recognised() -> None:
+    ids = TokenIds(b"k" * 32)
+    first = ids.derive(7, "alice", 0)
 
-    assert len(ids) == 1000
-    assert all(domain.validate_token_id(i) == i for i in ids)
-    assert domain.TOKEN_ID_BYTES * 8 >= 128
+    assert ids.derive(7, "alice", 0) == first  # racing issues agree
+    assert len({first, ids.derive(7, "alice", 1), ids.derive(8, "alice", 0)}) == 3
+    assert len({ids.derive(7, f"u{i}", 0) for i in range(1000)}) == 1000
+    assert domain.validate_token_id(first) == first
+    assert len(first) == token_ids.ID_LENGTH
+    assert ids.schedule_of(first) == 7
+
+
+def test_only_ids_derived_with_the_secret_are_recognised() -> None:
+    ids = TokenIds(b"k" * 32)
+    theirs = TokenIds(b"x" * 32).derive(7, "alice", 0)
+    mine = ids.derive(7, "alice", 0)
+    tampered = ("B" if mine[0] == "A" else "A") + mine[1:]
+
+    assert ids.schedule_of(theirs) is None
+    assert ids.schedule_of(tampered) is None
+    assert ids.schedule_of(token_ids.random_id()) is None
+    assert ids.schedule_of("x" * 32) is None  # an id issued before ids were derived
+    assert domain.validate_token_id("x" * 32) == "x" * 32
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "x" * 129, "a\nb", "\x7f"])

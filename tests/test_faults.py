@@ -15,13 +15,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests.fault_harness import FaultReport, FaultRun, assert_invariants
-from tests.helpers import ADMIN_TOKEN, create_postgres_database
+from tests.helpers import ADMIN_TOKEN, create_postgres_database, eventually, settings_for
+from token_api.server import TokenApi
 from tools.system import Cluster, migrate, start_broker, stop_broker
 from tools.tcp_proxy import TcpProxy
+from waiting.v1 import token_pb2, token_service_pb2, token_service_pb2_grpc
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -120,14 +123,16 @@ async def test_kafka_broker_stops_and_restarts_mid_run(
 
     async def bounce_broker() -> None:
         await asyncio.to_thread(stop_broker, port, data_dir)
-        issued_before = len(fault_run.issued)
-        await asyncio.sleep(5)
-        # IssueToken keeps working while the broker is down: the outbox holds the events.
-        assert len(fault_run.issued) > issued_before
-        await asyncio.to_thread(start_broker, port, data_dir)
+        try:
+            await asyncio.sleep(5)
+        finally:
+            await asyncio.to_thread(start_broker, port, data_dir)
 
     report = await _run_with_fault(fault_run, "b) Kafka broker down ~5 s", bounce_broker)
 
+    # The log is the record: while it is down, IssueToken answers UNAVAILABLE inside the
+    # caller's deadline (5 s here), the clients retry, and every acknowledged token is kept.
+    assert report.issue_retries > 0
     assert_invariants(report)
 
 
@@ -143,3 +148,58 @@ async def test_database_unreachable_for_5_seconds(run: tuple[FaultRun, TcpProxy]
     report = await _run_with_fault(fault_run, "c) database unreachable 5 s", cut_database)
 
     assert_invariants(report)
+
+
+async def test_issue_fails_fast_with_unavailable_while_the_broker_is_down(
+    database_url: str, fault_broker: tuple[int, Path], schedule_id: int
+) -> None:
+    port, data_dir = fault_broker
+    token_settings, _ = settings_for(database_url, f"127.0.0.1:{port}")
+    async with (
+        TokenApi(token_settings) as token_api,
+        grpc.aio.insecure_channel(f"127.0.0.1:{token_api.port}") as channel,
+    ):
+        stub = token_service_pb2_grpc.TokenServiceStub(channel)
+        before = await _issue(stub, "before", schedule_id, timeout=10)
+        await asyncio.to_thread(stop_broker, port, data_dir)
+        try:
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _issue(stub, "during", schedule_id, timeout=3)
+            elapsed = time.monotonic() - started
+        finally:
+            await asyncio.to_thread(start_broker, port, data_dir)
+        again = await _issue_when_back(stub, "before", schedule_id)
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Kafka" in (caught.value.details() or "")
+    assert elapsed < 3.0  # inside the caller's deadline: never DEADLINE_EXCEEDED, never a hang
+    assert again.token_id == before.token_id  # the acknowledged token stands, same id
+
+
+async def _issue(
+    stub: token_service_pb2_grpc.TokenServiceAsyncStub,
+    user_id: str,
+    schedule_id: int,
+    timeout: float,
+) -> token_pb2.Token:
+    request = token_service_pb2.IssueTokenRequest(user_id=user_id, schedule_id=schedule_id)
+    return (await stub.IssueToken(request, timeout=timeout)).token
+
+
+async def _issue_when_back(
+    stub: token_service_pb2_grpc.TokenServiceAsyncStub, user_id: str, schedule_id: int
+) -> token_pb2.Token:
+    replies: list[token_pb2.Token] = []
+
+    async def answered() -> bool:
+        try:
+            replies.append(await _issue(stub, user_id, schedule_id, timeout=3))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            return False
+        return True
+
+    await eventually(answered, timeout=90, interval=0.5)
+    return replies[-1]

@@ -33,3 +33,10 @@ class TokenApiSettings(CommonSettings):
     producer_linger_ms: int = setting(
         "PRODUCER_LINGER_MS", 0, "Kafka producer linger; 0 sends at once", non_negative
     )
+    issue_timeout_seconds: float = setting(
+        "ISSUE_TIMEOUT_SECONDS",
+        5.0,
+        "longest IssueToken waits for Kafka's acknowledgement before UNAVAILABLE "
+        "(a shorter client deadline wins)",
+        positive,
+    )

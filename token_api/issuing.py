@@ -1,12 +1,19 @@
-"""Group commit for IssueToken: concurrent calls share one transaction.
+"""IssueToken: the log is the queue. Concurrent calls share one read and one send.
 
-One writer task takes every request that is waiting, writes them all in one transaction (one
-statement locks every schedule of the batch, one finds the callers' live tokens, then the
-new token rows and their outbox events), commits once, and answers every caller. Requests
-that arrive meanwhile form the next batch, so there is no timer and no added latency when
-the service is idle, while a burst costs one commit per batch instead of one per request.
-The transaction runs in the writer task, not the RPC's, so a cancelled call can never leave
-half a write.
+One task takes every request that is waiting and, for the whole group:
+
+1. reads the callers' tokens for their schedules in one statement (no lock, no write);
+2. answers a caller who holds a live token with that token (I5);
+3. derives every other caller's token id from (schedule, user, how many tokens the user had)
+   with the shared secret (``waiting_core.token_ids``), so racing calls on any process get
+   the same id, and appends one CreateTokenEvent per new token to ``waiting-token``;
+4. answers those callers once the broker has acknowledged (``acks=all``).
+
+The activator that owns the partition then places the tokens in line in log order, drops
+duplicates and admits. Groups are pipelined: while one waits for its acknowledgement, the
+next is read and sent, up to MAX_IN_FLIGHT groups. A call that gets no acknowledgement
+within its timeout fails with UNAVAILABLE; its event may still arrive, and a retry derives
+the same id, so nothing is doubled.
 """
 
 from __future__ import annotations
@@ -14,131 +21,184 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 
-from waiting_core import domain, metrics, repository
+from aiokafka.errors import KafkaError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from waiting.v1 import token_pb2
+from waiting_core import metrics, repository
 from waiting_core.clock import utc_now
-from waiting_core.events import Topics, create_token_event, outbox_row
-from waiting_core.models import ScheduleRow, TokenRow
-from waiting_core.outbox import OutboxRelay, OutboxTransaction
+from waiting_core.database import Database
+from waiting_core.domain import NewToken, TokenStatus
+from waiting_core.errors import Unavailable
+from waiting_core.events import Topics, create_token_record
+from waiting_core.identity import TokenIdSource
+from waiting_core.messages import token_to_proto, unplaced_token_to_proto
+from waiting_core.models import TokenRow
+from waiting_core.producer import LazyProducer
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+MAX_IN_FLIGHT = 4
+
+Pair = tuple[int, str]  # (schedule_id, user_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Issued:
-    """A token handed to a caller, with its position at commit time."""
-
-    token: TokenRow
-    position: int
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Request:
     user_id: str
     schedule_id: int
-    answer: asyncio.Future[Issued]
+    answer: asyncio.Future[token_pb2.Token]
+
+
+@dataclass(slots=True)
+class _Group:
+    """One group of concurrent calls: their answers, and the new tokens to log."""
+
+    requests: list[_Request]
+    answers: dict[Pair, token_pb2.Token] = field(default_factory=dict)
+    newcomers: list[NewToken] = field(default_factory=list)
 
 
 class IssueBatcher(BackgroundWorker):
-    """Serialises IssueToken writes into batched transactions. ``start``/``stop`` idempotent."""
+    """Turns IssueToken calls into grouped reads and sends. ``start``/``stop`` idempotent."""
 
     name = "issue-batcher"
 
-    def __init__(self, relay: OutboxRelay, topics: Topics) -> None:
-        self._relay = relay
+    def __init__(
+        self, database: Database, ids: TokenIdSource, producer: LazyProducer, topics: Topics
+    ) -> None:
+        self._database = database
+        self._ids = ids
+        self._producer = producer
         self._topics = topics
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._newcomers = 0  # new tokens of the batch being written
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._acks: set[asyncio.Task[None]] = set()
         super().__init__()
 
-    async def issue(self, user_id: str, schedule_id: int) -> Issued:
-        """Queue the request and wait for the commit that contains it."""
-        answer: asyncio.Future[Issued] = asyncio.get_running_loop().create_future()
+    async def issue(self, user_id: str, schedule_id: int, wait_seconds: float) -> token_pb2.Token:
+        """The user's live token for the schedule, or a new one once the log has it."""
+        answer: asyncio.Future[token_pb2.Token] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(user_id, schedule_id, answer))
-        return await asyncio.shield(answer)
+        try:
+            return await asyncio.wait_for(asyncio.shield(answer), wait_seconds)
+        except TimeoutError:
+            raise Unavailable(
+                f"the issue was not acknowledged by Kafka within {wait_seconds:.1f}s; retry, and "
+                "the same token comes back"
+            ) from None
+
+    async def stop(self) -> None:
+        """Stop taking groups; let the sent ones be acknowledged, then close the producer."""
+        await super().stop()
+        if self._acks:
+            await asyncio.wait(self._acks, timeout=5)
+        await self._producer.stop()
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await asyncio.shield(self._write(batch))
+            requests = [await self._queue.get()]
+            while len(requests) < MAX_BATCH and not self._queue.empty():
+                requests.append(self._queue.get_nowait())
+            await self._in_flight.acquire()
+            group = _Group(requests)
+            try:
+                deliveries = await self._read_and_send(group)
+            except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map
+                self._in_flight.release()
+                _fail(group.requests, exc)
+                continue
+            task = asyncio.create_task(self._answer_when_acknowledged(group, deliveries))
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
 
-    async def _write(self, batch: list[_Request]) -> None:
-        self._newcomers = 0
+    async def _read_and_send(self, group: _Group) -> list[asyncio.Future[object]]:
+        """Answer the callers who hold a live token; send the new tokens' events."""
+        pairs = list(dict.fromkeys((r.schedule_id, r.user_id) for r in group.requests))
+        ids = await self._ids.get()
+        async with self._database.transaction(read_only=True) as session:
+            held = await repository.users_tokens(session, pairs)
+            live = {pair: t for pair, ts in held.items() for t in ts if t.status.is_live}
+            positions = await _positions(session, list(live.values()))
+        now = utc_now()
+        for pair in pairs:
+            token = live.get(pair)
+            if token is not None:
+                group.answers[pair] = token_to_proto(token, positions[token.token_id])
+                continue
+            schedule_id, user_id = pair
+            token_id = ids.derive(schedule_id, user_id, generation=len(held[pair]))
+            group.newcomers.append(NewToken(token_id, user_id, schedule_id, now))
+            group.answers[pair] = unplaced_token_to_proto(token_id, schedule_id, user_id, now)
+        _answer(group, returning_only=True)
+        return await self._send(group.newcomers)
+
+    async def _send(self, newcomers: Sequence[NewToken]) -> list[asyncio.Future[object]]:
+        if not newcomers:
+            return []
         try:
-            async with self._relay.transaction() as tx:
-                results = await self._write_batch(tx, batch)
-        except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map
-            for request in batch:
-                if not request.answer.done():
-                    request.answer.set_exception(exc)
+            producer = await self._producer.get()
+            deliveries = []
+            for token in newcomers:
+                key, value, headers = create_token_record(token)
+                deliveries.append(
+                    await producer.send(self._topics.waiting, value, key=key, headers=headers)
+                )
+        except (KafkaError, OSError) as exc:
+            raise _kafka_unavailable(exc) from exc
+        return deliveries
+
+    async def _answer_when_acknowledged(
+        self, group: _Group, deliveries: list[asyncio.Future[object]]
+    ) -> None:
+        try:
+            await asyncio.gather(*deliveries)
+        except (KafkaError, OSError) as exc:
+            _fail(group.requests, _kafka_unavailable(exc))
             return
-        metrics.TOKENS_ISSUED.inc(self._newcomers)
-        for request, issued in zip(batch, results, strict=True):
-            if not request.answer.done():
-                request.answer.set_result(issued)
+        except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map
+            _fail(group.requests, exc)
+            return
+        finally:
+            self._in_flight.release()
+        metrics.TOKENS_ISSUED.inc(len(group.newcomers))
+        _answer(group, returning_only=False)
 
-    async def _write_batch(self, tx: OutboxTransaction, batch: list[_Request]) -> list[Issued]:
-        """Lock every schedule of the batch and find its users' live tokens, a statement
-        each for the whole batch; then append the newcomers, schedule by schedule."""
-        grouped: dict[int, dict[str, None]] = {}  # each schedule's users, once, in order
-        for request in batch:
-            grouped.setdefault(request.schedule_id, {})[request.user_id] = None
-        users_by_schedule = {schedule: list(users) for schedule, users in grouped.items()}
-        session = tx.session
-        schedules = await repository.lock_schedules(session, list(users_by_schedule))
-        now = utc_now()  # under the locks, so issue times follow the lines' order
-        live = await repository.find_live_tokens(session, users_by_schedule)
-        issued: dict[tuple[int, str], Issued] = {}
-        for schedule in schedules:  # in id order
-            users = users_by_schedule[schedule.schedule_id]
-            for user_id, result in await self._issue_for_schedule(tx, schedule, users, live, now):
-                issued[(schedule.schedule_id, user_id)] = result
-        return [issued[(r.schedule_id, r.user_id)] for r in batch]
 
-    async def _issue_for_schedule(
-        self,
-        tx: OutboxTransaction,
-        schedule: ScheduleRow,
-        users: Sequence[str],
-        live: dict[tuple[int, str], TokenRow],
-        now: datetime,
-    ) -> list[tuple[str, Issued]]:
-        schedule_id = schedule.schedule_id
-        returning = [live[(schedule_id, u)] for u in users if (schedule_id, u) in live]
-        positions = await repository.pending_positions(
-            tx.session, schedule_id, schedule.head_seq, returning
-        )
-        newcomers = [u for u in users if (schedule_id, u) not in live]
-        pending_before = schedule.pending_count
-        fresh = repository.append_pending_tokens(tx.session, schedule, newcomers, now)
-        mine = {token.user_id: token for token in returning}
-        for token, position in zip(
-            fresh, domain.tail_positions(pending_before, len(fresh)), strict=True
-        ):
-            mine[token.user_id] = token
-            positions[token.token_id] = position
-        self._announce(tx, fresh, now)
-        self._newcomers += len(fresh)
-        return [(u, Issued(mine[u], positions[mine[u].token_id])) for u in users]
+async def _positions(session: AsyncSession, tokens: list[TokenRow]) -> dict[str, int]:
+    """Positions of the returning callers' live tokens, one range query per schedule."""
+    positions = {t.token_id: 0 for t in tokens}
+    by_schedule: dict[int, list[TokenRow]] = {}
+    for token in tokens:
+        if token.status == TokenStatus.PENDING:
+            by_schedule.setdefault(token.schedule_id, []).append(token)
+    for schedule_id, members in by_schedule.items():
+        schedule = await repository.get_schedule(session, schedule_id)
+        head = schedule.head_seq if schedule is not None else 0
+        positions |= await repository.pending_positions(session, schedule_id, head, members)
+    return positions
 
-    def _announce(self, tx: OutboxTransaction, tokens: Sequence[TokenRow], now: datetime) -> None:
-        """A CreateTokenEvent per new token, in the outbox of this transaction."""
-        topics = self._topics
-        events = [
-            outbox_row(
-                topics.waiting,
-                t.schedule_id,
-                create_token_event(t.token_id, t.user_id, t.schedule_id, now),
-                now,
-                topics.origin,
-            )
-            for t in tokens
-        ]
-        tx.publish(events)
+
+def _answer(group: _Group, *, returning_only: bool) -> None:
+    """Answer the callers; with ``returning_only``, those whose token is already placed."""
+    for request in group.requests:
+        token = group.answers[(request.schedule_id, request.user_id)]
+        if returning_only and not token.position_known:
+            continue
+        if not request.answer.done():
+            request.answer.set_result(token)
+
+
+def _fail(requests: Sequence[_Request], exc: BaseException) -> None:
+    for request in requests:
+        if not request.answer.done():
+            request.answer.set_exception(exc)
+
+
+def _kafka_unavailable(exc: BaseException) -> Unavailable:
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return Unavailable(f"Kafka did not take the issue ({reason}); retry")

@@ -19,7 +19,9 @@ from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.health import KafkaCheck, database_check
+from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
+from waiting_core.producer import LazyProducer
 from waiting_core.seen import SeenTokens
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class TokenApi(serving.GrpcService):
 
     def __init__(self, settings: TokenApiSettings) -> None:
         self.settings = settings
-        topics = Topics(
+        self.topics = topics = Topics(
             waiting=settings.waiting_topic, events=settings.events_topic, origin="token_api"
         )
         self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
@@ -47,11 +49,28 @@ class TokenApi(serving.GrpcService):
             topics=topics,
             partitions=settings.topic_partitions,
         )
-        self.batcher = IssueBatcher(self.relay, topics)
+        self.ids = TokenIdSource(self.database)
+        producer = LazyProducer(
+            settings.kafka_bootstrap,
+            topics,
+            settings.topic_partitions,
+            linger_ms=settings.producer_linger_ms,
+            request_timeout_ms=int(settings.issue_timeout_seconds * 1000),
+        )
+        self.batcher = IssueBatcher(self.database, self.ids, producer, topics)
         self.seen = SeenTokens(self.database)
         server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
-            TokenService(self.database, self.relay, topics, self.batcher, self.seen), server
+            TokenService(
+                self.database,
+                self.relay,
+                topics,
+                self.batcher,
+                self.seen,
+                self.ids,
+                settings.issue_timeout_seconds,
+            ),
+            server,
         )
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleService(self.database, self.relay, topics), server

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import grpc
 
 from token_api.issuing import IssueBatcher
+from waiting.v1 import token_pb2, token_service_pb2_grpc
 from waiting.v1 import token_service_pb2 as pb
-from waiting.v1 import token_service_pb2_grpc
 from waiting_core import domain, metrics, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
+from waiting_core.errors import TokenNotFound, Unavailable
 from waiting_core.events import Topics, slots_freed_row, state_changed_rows
+from waiting_core.identity import TokenIdSource
 from waiting_core.messages import token_to_proto
 from waiting_core.models import OutboxRow, TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 
 Context = grpc.aio.ServicerContext[object, object]
+
+# Kept from the caller's deadline, so that UNAVAILABLE reaches it before DEADLINE_EXCEEDED.
+DEADLINE_MARGIN = 0.05
+# Pauses before a complete or cancel retries a token just issued and not placed yet.
+PLACEMENT_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class TokenService(token_service_pb2_grpc.TokenServiceServicer):
@@ -32,7 +40,11 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         topics: Topics,
         batcher: IssueBatcher,
         seen: SeenTokens,
+        ids: TokenIdSource,
+        issue_timeout: float,
     ) -> None:
+        self._ids = ids
+        self._issue_timeout = issue_timeout
         self._seen = seen
         self._database = database
         self._relay = relay
@@ -44,13 +56,18 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     ) -> pb.IssueTokenResponse:
         user_id = domain.validate_user_id(request.user_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
-        issued = await self._batcher.issue(user_id, schedule_id)
-        return pb.IssueTokenResponse(token=token_to_proto(issued.token, issued.position))
+        remaining = context.time_remaining()
+        timeout = self._issue_timeout if remaining is None else min(self._issue_timeout, remaining)
+        token = await self._batcher.issue(user_id, schedule_id, max(0.0, timeout - DEADLINE_MARGIN))
+        return pb.IssueTokenResponse(token=token)
 
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.GetTokenResponse:
         token_id = domain.validate_token_id(request.token_id)
-        async with self._database.single_read() as session:
-            found = await repository.read_token_in_line(session, token_id)
+        try:
+            async with self._database.single_read() as session:
+                found = await repository.read_token_in_line(session, token_id)
+        except TokenNotFound:
+            return pb.GetTokenResponse(token=await self._unplaced(token_id))
         self._seen.note(token_id, found.schedule)
         return pb.GetTokenResponse(token=token_to_proto(found.token, found.position))
 
@@ -59,8 +76,11 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     ) -> pb.ValidateTokenResponse:
         token_id = domain.validate_token_id(request.token_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
-        async with self._database.single_read() as session:
-            found = await repository.read_token_in_line(session, token_id)
+        try:
+            async with self._database.single_read() as session:
+                found = await repository.read_token_in_line(session, token_id)
+        except TokenNotFound:
+            return pb.ValidateTokenResponse(active=False, token=await self._unplaced(token_id))
         token = found.token
         active = (
             token.status == TokenStatus.ACTIVE
@@ -96,8 +116,25 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
             events.append(slots_freed_row(self._topics, release.token.schedule_id, reason, now))
         return events
 
+    async def _unplaced(self, token_id: str) -> token_pb2.Token:
+        """A token just issued, whose event the activator has not applied yet; else NOT_FOUND."""
+        token = await self._ids.unplaced(token_id)
+        if token is None:
+            raise TokenNotFound(token_id)
+        return token
+
     async def _release(self, raw_token_id: str, target: TokenStatus) -> TokenRow:
         token_id = domain.validate_token_id(raw_token_id)
+        for wait in PLACEMENT_WAITS:
+            try:
+                return await self._release_placed(token_id, target)
+            except TokenNotFound:
+                if await self._ids.unplaced(token_id) is None:
+                    raise
+                await asyncio.sleep(wait)  # issued a moment ago: the activator places it soon
+        raise Unavailable("token_id: the token was just issued and is not in line yet; retry")
+
+    async def _release_placed(self, token_id: str, target: TokenStatus) -> TokenRow:
         now = utc_now()
         async with self._relay.transaction() as tx:
             release = await repository.release_token(tx.session, token_id, target, now)

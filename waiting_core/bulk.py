@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from waiting_core import domain, repository
 from waiting_core.domain import TokenStatus
 from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.token_ids import random_id
 
 CHUNK = 5000
 
@@ -25,7 +26,7 @@ async def load_pending(
     """Append ``count`` PENDING tokens to the schedule's line; return their ids in order."""
     schedule = await repository.lock_schedule(session, schedule_id)
     first_seq = schedule.last_seq + 1
-    token_ids = [domain.new_token_id() for _ in range(count)]
+    token_ids = [random_id() for _ in range(count)]
     for start in range(0, count, CHUNK):
         rows = [
             {
@@ -64,8 +65,8 @@ async def load_held_lines(
         chunk = list(zip(schedule_ids, expires_at, strict=True))[start : start + CHUNK]
         schedules, rows = [], []
         for schedule_id, expiry in chunk:
-            holder = domain.new_token_id()
-            waiter = domain.new_token_id() if with_waiters else None
+            holder = random_id()
+            waiter = random_id() if with_waiters else None
             tokens[schedule_id] = (holder, waiter)
             abandonment = domain.next_abandonment(now if waiter else None, pending_ttl_seconds, now)
             schedules.append(

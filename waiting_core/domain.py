@@ -9,17 +9,14 @@ import dataclasses
 import enum
 import math
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from waiting_core import token_ids
 from waiting_core.errors import FailedPrecondition, InvalidArgument
 
 MAX_USER_ID_LENGTH = 128
-TOKEN_ID_BYTES = 24  # 192 random bits; the design asks for at least 128
-TOKEN_ID_LENGTH = 32  # len(secrets.token_urlsafe(24))
-_TOKEN_ID_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_ID_LENGTH}}}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 MAX_CAPACITY = 1_000_000
@@ -102,6 +99,16 @@ class ScheduleUpdate:
         return dataclasses.replace(base, **self.values).validated()
 
 
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    """A token issued into the log (a CreateTokenEvent), not yet placed in its line."""
+
+    token_id: str
+    user_id: str
+    schedule_id: int
+    issued_at: datetime
+
+
 def mask_fields(paths: Sequence[str], populated: Sequence[str]) -> tuple[list[str], bool]:
     """The settings an update mask names, and whether it replaces all of them ("*").
 
@@ -126,11 +133,6 @@ def _check_range(field: str, value: int, lowest: int, highest: int) -> None:
         raise InvalidArgument(field, f"must be between {lowest} and {highest}, got {value}")
 
 
-def new_token_id() -> str:
-    """An unguessable token id: 192 bits from the OS's CSPRNG, URL-safe base64."""
-    return secrets.token_urlsafe(TOKEN_ID_BYTES)
-
-
 def validate_user_id(user_id: str) -> str:
     """Return the user id, or raise InvalidArgument for an empty, long or unprintable one."""
     if not user_id or not user_id.strip():
@@ -153,8 +155,10 @@ def validate_token_id(token_id: str) -> str:
     """Return the token id, or raise InvalidArgument when it cannot be one of ours."""
     if not token_id:
         raise InvalidArgument("token_id", "must not be empty")
-    if not _TOKEN_ID_PATTERN.fullmatch(token_id):
-        raise InvalidArgument("token_id", f"must be {TOKEN_ID_LENGTH} URL-safe base64 characters")
+    if not token_ids.ID_PATTERN.fullmatch(token_id):
+        raise InvalidArgument(
+            "token_id", f"must be {token_ids.ID_LENGTH} URL-safe base64 characters"
+        )
     return token_id
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -17,14 +17,15 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from waiting.v1 import events_pb2
-from waiting_core.domain import TokenStatus
-from waiting_core.errors import BadEvent
+from waiting_core.domain import NewToken, TokenStatus, validate_token_id, validate_user_id
+from waiting_core.errors import BadEvent, InvalidArgument
 from waiting_core.messages import status_to_proto
 from waiting_core.models import OutboxRow, TokenRow
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPE_HEADER = "event-type"
+_CREATE_HEADERS = [(EVENT_TYPE_HEADER, events_pb2.CreateTokenEvent.DESCRIPTOR.full_name.encode())]
 
 # Events that make the activator look at a schedule's line.
 _ADMISSION_TRIGGERS: dict[str, type[Message]] = {
@@ -76,6 +77,12 @@ def outbox_row(
     )
 
 
+def create_token_record(token: NewToken) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of the record that issues ``token`` into the log."""
+    event = create_token_event(token.token_id, token.user_id, token.schedule_id, token.issued_at)
+    return schedule_key(token.schedule_id), event.SerializeToString(), _CREATE_HEADERS
+
+
 def create_token_event(
     token_id: str, user_id: str, schedule_id: int, issued_at: datetime
 ) -> events_pb2.CreateTokenEvent:
@@ -119,8 +126,11 @@ def state_changed_rows(
     ]
 
 
-def admission_schedule(headers: list[tuple[str, bytes]] | None, value: bytes | None) -> int:
-    """The schedule a ``waiting-token`` record asks to admit for; BadEvent if undecodable."""
+def decode_waiting_record(
+    headers: list[tuple[str, bytes]] | None, value: bytes | None
+) -> tuple[int, NewToken | None]:
+    """The schedule a ``waiting-token`` record asks to settle, and the token it issues, if it
+    is a CreateTokenEvent; BadEvent if it cannot be decoded."""
     event_type = _header(headers, EVENT_TYPE_HEADER)
     # Records without the header are CreateTokenEvents from producers that predate it.
     message_class = _ADMISSION_TRIGGERS.get(
@@ -136,7 +146,20 @@ def admission_schedule(headers: list[tuple[str, bytes]] | None, value: bytes | N
     schedule_id: int = getattr(message, "schedule_id", 0)
     if schedule_id <= 0:
         raise BadEvent(f"schedule_id must be positive, got {schedule_id}")
-    return schedule_id
+    if isinstance(message, events_pb2.CreateTokenEvent):
+        return schedule_id, _new_token(message)
+    return schedule_id, None
+
+
+def _new_token(event: events_pb2.CreateTokenEvent) -> NewToken:
+    try:
+        token_id = validate_token_id(event.token_id)
+        user_id = validate_user_id(event.user_id)
+    except InvalidArgument as exc:
+        raise BadEvent(f"CreateTokenEvent {exc}") from exc
+    if not event.HasField("issued_at"):
+        raise BadEvent("CreateTokenEvent issued_at: must be set")
+    return NewToken(token_id, user_id, event.schedule_id, event.issued_at.ToDatetime(UTC))
 
 
 def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -44,6 +44,22 @@ def token_to_proto(row: TokenRow, position: int) -> token_pb2.Token:
         issued_at=_timestamp(row.issued_at),
         activated_at=_timestamp(row.activated_at),
         expires_at=_timestamp(row.expires_at),
+        position_known=True,
+    )
+
+
+def unplaced_token_to_proto(
+    token_id: str, schedule_id: int, user_id: str = "", issued_at: datetime | None = None
+) -> token_pb2.Token:
+    """A token issued into the log that the activator has not placed in line yet: PENDING,
+    with no position (and, unless the caller knows them, no user or issue time)."""
+    return token_pb2.Token(
+        token_id=token_id,
+        user_id=user_id,
+        schedule_id=schedule_id,
+        status=token_pb2.TOKEN_STATUS_PENDING,
+        issued_at=_timestamp(issued_at),
+        position_known=False,
     )
 
 

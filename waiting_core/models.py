@@ -130,7 +130,7 @@ class TokenRow(Base):
 
     __tablename__ = "tokens"
 
-    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(128))
     schedule_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(BigInteger)
@@ -152,6 +152,8 @@ class TokenRow(Base):
             sqlite_where=_LIVE,
             postgresql_where=_LIVE,
         ),
+        # Issue: a user's tokens of a schedule, live or ended (their count derives the id).
+        Index("ix_tokens_user", "schedule_id", "user_id"),
         # Admission: the oldest PENDING tokens of a schedule.
         Index(
             "ix_tokens_pending",
@@ -201,3 +203,12 @@ class OutboxRow(Base):
     event_type: Mapped[str] = mapped_column(String(128))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ServiceSecretRow(Base):
+    """A secret every service shares through the database, made on first use."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)

@@ -20,15 +20,15 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting_core import metrics, repository
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
-from waiting_core.events import EVENT_TYPE_HEADER, Topics, ensure_topics
+from waiting_core.events import EVENT_TYPE_HEADER, Topics
 from waiting_core.models import OutboxRow
+from waiting_core.producer import LazyProducer
 from waiting_core.retry import backoff
 from waiting_core.worker import BackgroundWorker
 
@@ -67,14 +67,11 @@ class OutboxRelay(BackgroundWorker):
         delete_interval: float = 0.1,
     ) -> None:
         self._database = database
-        self._bootstrap = bootstrap
         self._poll_interval = poll_interval
         self._delete_interval = delete_interval
-        self._linger_ms = linger_ms
         self._topics = topics
-        self._partitions = partitions
         self._wakeup = asyncio.Event()
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = LazyProducer(bootstrap, topics, partitions, linger_ms=linger_ms)
         self._handed: list[OutboxRow] = []
         self._scan_due = True  # rows a previous run left behind
         self._last_scan: set[int] = set()  # ids the last scan sent, in case they are handed too
@@ -108,9 +105,7 @@ class OutboxRelay(BackgroundWorker):
         if was_running:
             with contextlib.suppress(Unavailable, KafkaError, OSError, TimeoutError):
                 await asyncio.wait_for(self.publish_pending(), timeout=5)
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop()
+        await self._producer.stop()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,7 +164,7 @@ class OutboxRelay(BackgroundWorker):
         """Publish and wait for every acknowledgement; the rows become due for deletion."""
         if not rows:
             return
-        producer = await self._connected_producer()
+        producer = await self._producer.get()
         deliveries = [
             await producer.send(
                 row.topic,
@@ -194,24 +189,6 @@ class OutboxRelay(BackgroundWorker):
                     session, self._acked[start : start + BATCH_SIZE]
                 )
         self._acked = []
-
-    async def _connected_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            await ensure_topics(self._bootstrap, self._topics, self._partitions)
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=self._linger_ms,
-                request_timeout_ms=15_000,
-            )
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
-        return self._producer
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,10 +22,12 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    insert,
     literal,
     literal_column,
     or_,
     select,
+    tuple_,
     union_all,
     update,
 )
@@ -35,11 +37,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from waiting_core import domain
-from waiting_core.domain import ScheduleSettings, ScheduleUpdate, TokenStatus
+from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
 from waiting_core.errors import TokenNotFound
 from waiting_core.models import (
     OutboxRow,
     ScheduleRow,
+    ServiceSecretRow,
     TokenRow,
     UTCDateTime,
     departed_predicate,
@@ -185,27 +188,72 @@ async def find_live_tokens(
     return {(t.schedule_id, t.user_id): t for t in found if (t.schedule_id, t.user_id) in wanted}
 
 
-def append_pending_tokens(
-    session: AsyncSession, schedule: ScheduleRow, user_ids: Sequence[str], now: datetime
-) -> list[TokenRow]:
-    """Append a PENDING token per user to the locked schedule's line, in the given order."""
-    tokens = []
-    for user_id in user_ids:
-        schedule.last_seq += 1
-        tokens.append(
-            TokenRow(
-                token_id=domain.new_token_id(),
-                user_id=user_id,
-                schedule_id=schedule.schedule_id,
-                seq=schedule.last_seq,
-                status=TokenStatus.PENDING,
-                issued_at=now,
-                last_seen_at=now,
+async def users_tokens(
+    session: AsyncSession, pairs: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], list[TokenRow]]:
+    """Every token, live or ended, of each (schedule, user), in one statement: IssueToken
+    returns the live one, or derives the next id from how many there were."""
+    found: dict[tuple[int, str], list[TokenRow]] = {pair: [] for pair in pairs}
+    if not pairs:
+        return found
+    stmt = select(TokenRow).where(tuple_(TokenRow.schedule_id, TokenRow.user_id).in_(pairs))
+    for token in (await session.execute(stmt)).scalars():
+        found[(token.schedule_id, token.user_id)].append(token)
+    return found
+
+
+async def place_new_tokens(
+    session: AsyncSession, schedules: Sequence[ScheduleRow], newcomers: Sequence[NewToken]
+) -> list[NewToken]:
+    """Append the new tokens to their locked schedules' lines as PENDING, in the given (log)
+    order, in one multi-row insert; return those placed.
+
+    A token already written (the log was read again) is skipped, and so is one whose user
+    already holds another live token of the schedule (I5).
+    """
+    if not newcomers:
+        return []
+    written = set(
+        (
+            await session.execute(
+                select(TokenRow.token_id).where(
+                    TokenRow.token_id.in_([t.token_id for t in newcomers])
+                )
             )
+        ).scalars()
+    )
+    pairs = list({(t.schedule_id, t.user_id) for t in newcomers})
+    holding_stmt = select(TokenRow.schedule_id, TokenRow.user_id).where(
+        tuple_(TokenRow.schedule_id, TokenRow.user_id).in_(pairs), _LIVE
+    )
+    holding = {(row.schedule_id, row.user_id) for row in await session.execute(holding_stmt)}
+    by_id = {schedule.schedule_id: schedule for schedule in schedules}
+    placed: list[NewToken] = []
+    rows: list[dict[str, object]] = []
+    for token in newcomers:
+        pair = (token.schedule_id, token.user_id)
+        if token.token_id in written or pair in holding:
+            continue
+        written.add(token.token_id)
+        holding.add(pair)
+        schedule = by_id[token.schedule_id]
+        schedule.last_seq += 1
+        schedule.pending_count += 1
+        placed.append(token)
+        rows.append(
+            {
+                "token_id": token.token_id,
+                "user_id": token.user_id,
+                "schedule_id": token.schedule_id,
+                "seq": schedule.last_seq,
+                "status": TokenStatus.PENDING,
+                "issued_at": token.issued_at,
+                "last_seen_at": token.issued_at,
+            }
         )
-    schedule.pending_count += len(tokens)
-    session.add_all(tokens)
-    return tokens
+    if rows:
+        await session.execute(insert(TokenRow), rows)
+    return placed
 
 
 async def pending_positions(
@@ -581,3 +629,17 @@ async def departed_seqs(
         .order_by(TokenRow.seq)
     )
     return (await session.execute(stmt)).scalars().all()
+
+
+# --- shared secrets ----------------------------------------------------------------------
+
+
+async def shared_secret(session: AsyncSession, name: str, fresh: bytes) -> bytes:
+    """The secret called ``name``; the first caller stores ``fresh``, everyone gets the same."""
+    dialect = session.get_bind().dialect.name
+    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(
+        insert_(ServiceSecretRow).values(name=name, value=fresh).on_conflict_do_nothing()
+    )
+    stmt = select(ServiceSecretRow.value).where(ServiceSecretRow.name == name)
+    return (await session.execute(stmt)).scalar_one()

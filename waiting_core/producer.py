@@ -1,0 +1,61 @@
+"""The Kafka producer both writers use: idempotent, ``acks=all``, started on first use."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+
+from waiting_core.events import Topics, ensure_topics
+
+
+class LazyProducer:
+    """Creates the topics and starts the producer on the first ``get``; a failed start is
+    retried by the next ``get``. ``stop`` is idempotent."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        partitions: int,
+        *,
+        linger_ms: int = 0,
+        request_timeout_ms: int = 15_000,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topics = topics
+        self._partitions = partitions
+        self._linger_ms = linger_ms
+        self._request_timeout_ms = request_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> AIOKafkaProducer:
+        """The started producer."""
+        if self._producer is None:
+            async with self._lock:
+                if self._producer is None:
+                    self._producer = await self._start()
+        return self._producer
+
+    async def stop(self) -> None:
+        """Flush and close the producer, if it was started."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def _start(self) -> AIOKafkaProducer:
+        await ensure_topics(self._bootstrap, self._topics, self._partitions)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._linger_ms,
+            request_timeout_ms=self._request_timeout_ms,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
