@@ -110,8 +110,10 @@ class Admitter:
         schedules = await repository.lock_schedules(session, schedule_ids)
         now = utc_now()  # under the locks, so activation times follow admission order
         placed = _by_schedule_id(await repository.place_new_tokens(session, schedules, newcomers))
-        expired = _by_schedule(await repository.expire_due_active(session, schedules, now))
-        abandoned = _by_schedule(await repository.abandon_stale_pending(session, schedules, now))
+        # Only a schedule whose next due moment has come can have tokens to expire or drop.
+        due = [s for s in schedules if s.next_due_at is not None and s.next_due_at <= now]
+        expired = _by_schedule(await repository.expire_due_active(session, due, now))
+        abandoned = _by_schedule(await repository.abandon_stale_pending(session, due, now))
         limits = {schedule: _admissions_now(schedule, now) for schedule in schedules}
         admitted = _by_schedule(await repository.admit_oldest(session, limits, now))
         for schedule in schedules:

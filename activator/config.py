@@ -24,8 +24,9 @@ class ActivatorSettings(CommonSettings):
     group_id: str = setting("CONSUMER_GROUP", "token-activate", "Kafka consumer group")
     fetch_max_wait_ms: int = setting(
         "FETCH_MAX_WAIT_MS",
-        500,
-        "longest the broker holds a fetch while no record arrives (a record ends it at once)",
+        50,
+        "longest the broker holds a fetch while no record arrives; a record on a partition "
+        "that the pending fetch left out waits up to this long, so it bounds admission latency",
         positive,
     )
     session_timeout_ms: int = setting(

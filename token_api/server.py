@@ -8,6 +8,7 @@ from token_api.admin import ScheduleService
 from token_api.auth import AdminAuthInterceptor
 from token_api.config import TokenApiSettings
 from token_api.issuing import IssueBatcher
+from token_api.releasing import ReleaseBatcher
 from token_api.service import TokenService
 from waiting.v1 import (
     schedule_service_pb2,
@@ -58,6 +59,7 @@ class TokenApi(serving.GrpcService):
             request_timeout_ms=int(settings.issue_timeout_seconds * 1000),
         )
         self.batcher = IssueBatcher(self.database, self.ids, producer, topics)
+        self.releaser = ReleaseBatcher(self.relay, topics)
         self.seen = SeenTokens(self.database)
         server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
@@ -67,6 +69,7 @@ class TokenApi(serving.GrpcService):
                 topics,
                 self.batcher,
                 self.seen,
+                self.releaser,
                 self.ids,
                 settings.issue_timeout_seconds,
             ),
@@ -79,7 +82,7 @@ class TokenApi(serving.GrpcService):
             "token_api",
             server,
             SERVICE_NAMES,
-            [self.database, self.relay, self.batcher, self.seen],
+            [self.database, self.relay, self.batcher, self.releaser, self.seen],
             # Ready when an issue can be taken: the store answers and so does the broker.
             checks=[database_check(self.database), KafkaCheck(settings.kafka_bootstrap)],
             host=settings.host,

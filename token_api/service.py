@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
 import grpc
 
 from token_api.issuing import IssueBatcher
+from token_api.releasing import ReleaseBatcher
 from waiting.v1 import token_pb2, token_service_pb2_grpc
 from waiting.v1 import token_service_pb2 as pb
-from waiting_core import domain, metrics, repository
+from waiting_core import domain, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import TokenNotFound, Unavailable
-from waiting_core.events import Topics, slots_freed_row, state_changed_rows
+from waiting_core.events import Topics
 from waiting_core.identity import TokenIdSource
 from waiting_core.messages import token_to_proto
-from waiting_core.models import OutboxRow, TokenRow
+from waiting_core.models import TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 
@@ -40,9 +40,11 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         topics: Topics,
         batcher: IssueBatcher,
         seen: SeenTokens,
+        releaser: ReleaseBatcher,
         ids: TokenIdSource,
         issue_timeout: float,
     ) -> None:
+        self._releaser = releaser
         self._ids = ids
         self._issue_timeout = issue_timeout
         self._seen = seen
@@ -102,20 +104,6 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         token = await self._release(request.token_id, TokenStatus.CANCELLED)
         return pb.CancelTokenResponse(token=token_to_proto(token, 0))
 
-    def _release_events(
-        self, release: repository.Release, target: TokenStatus, now: datetime
-    ) -> list[OutboxRow]:
-        """The state change, and a freed slot for the activator, of a release that changed."""
-        events = []
-        if release.changed:
-            events += state_changed_rows(
-                self._topics, [release.token], release.previous, target, now
-            )
-        if release.freed_slot:
-            reason = target.value.lower()
-            events.append(slots_freed_row(self._topics, release.token.schedule_id, reason, now))
-        return events
-
     async def _unplaced(self, token_id: str) -> token_pb2.Token:
         """A token just issued, whose event the activator has not applied yet; else NOT_FOUND."""
         token = await self._ids.unplaced(token_id)
@@ -127,23 +115,9 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         token_id = domain.validate_token_id(raw_token_id)
         for wait in PLACEMENT_WAITS:
             try:
-                return await self._release_placed(token_id, target)
+                return await self._releaser.release(token_id, target)
             except TokenNotFound:
                 if await self._ids.unplaced(token_id) is None:
                     raise
                 await asyncio.sleep(wait)  # issued a moment ago: the activator places it soon
         raise Unavailable("token_id: the token was just issued and is not in line yet; retry")
-
-    async def _release_placed(self, token_id: str, target: TokenStatus) -> TokenRow:
-        now = utc_now()
-        async with self._relay.transaction() as tx:
-            release = await repository.release_token(tx.session, token_id, target, now)
-            tx.publish(self._release_events(release, target, now))
-        if release.changed:
-            counter = (
-                metrics.TOKENS_COMPLETED
-                if target == TokenStatus.COMPLETED
-                else metrics.TOKENS_CANCELLED
-            )
-            counter.inc()
-        return release.token

@@ -80,10 +80,9 @@ class Database:
         self._writer = async_sessionmaker(self._engine, expire_on_commit=False)
         self._reader = async_sessionmaker(reader_engine, expire_on_commit=False)
         self._single_reader = self._reader
-        if self.dialect == "postgresql":
-            # One statement is its own snapshot: no BEGIN and COMMIT round trips around it.
-            autocommit = reader_engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._single_reader = async_sessionmaker(autocommit, expire_on_commit=False)
+        # One statement is its own snapshot: no BEGIN and COMMIT round trips around it.
+        autocommit = reader_engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._single_reader = async_sessionmaker(autocommit, expire_on_commit=False)
 
     @staticmethod
     async def _check_schema(engine: AsyncEngine) -> None:
@@ -177,7 +176,10 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        options = connection.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # a single read: SQLite runs the statement as its own transaction
+        read_only = options.get(_READ_ONLY, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    and_,
     bindparam,
     case,
     func,
@@ -27,7 +29,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    tuple_,
     union_all,
     update,
 )
@@ -38,7 +39,7 @@ from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from waiting_core import domain
 from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
-from waiting_core.errors import TokenNotFound
+from waiting_core.errors import DomainError, TokenNotFound
 from waiting_core.models import (
     OutboxRow,
     ScheduleRow,
@@ -196,10 +197,37 @@ async def users_tokens(
     found: dict[tuple[int, str], list[TokenRow]] = {pair: [] for pair in pairs}
     if not pairs:
         return found
-    stmt = select(TokenRow).where(tuple_(TokenRow.schedule_id, TokenRow.user_id).in_(pairs))
-    for token in (await session.execute(stmt)).scalars():
-        found[(token.schedule_id, token.user_id)].append(token)
+    params = _pair_params(pairs)
+    for token in (await session.execute(_USERS_TOKENS, params)).scalars():
+        mine = found.get((token.schedule_id, token.user_id))
+        if mine is not None:
+            mine.append(token)
     return found
+
+
+def _pair_params(pairs: Iterable[tuple[int, str]]) -> dict[str, Any]:
+    """Bind values of a (schedule, user) lookup: both columns IN lists, so that SQLite uses
+    ix_tokens_user (a row-value IN makes it scan the table); callers drop the cross pairs."""
+    pairs = list(pairs)
+    return {
+        "schedules": sorted({schedule for schedule, _ in pairs}),
+        "users": sorted({user for _, user in pairs}),
+    }
+
+
+_IN_SCHEDULES = TokenRow.schedule_id.in_(bindparam("schedules", expanding=True))
+_IN_USERS = TokenRow.user_id.in_(bindparam("users", expanding=True))
+_USERS_TOKENS = select(TokenRow).where(_IN_SCHEDULES, _IN_USERS)
+# The newcomers' ids already written, and their users' tokens (live ones hold a place): one
+# statement, two index lookups (primary key, ix_tokens_user).
+_WRITTEN_OR_HOLDING = select(
+    TokenRow.token_id, TokenRow.schedule_id, TokenRow.user_id, TokenRow.status
+).where(
+    or_(
+        TokenRow.token_id.in_(bindparam("token_ids", expanding=True)),
+        and_(_IN_SCHEDULES, _IN_USERS),
+    )
+)
 
 
 async def place_new_tokens(
@@ -213,20 +241,16 @@ async def place_new_tokens(
     """
     if not newcomers:
         return []
-    written = set(
-        (
-            await session.execute(
-                select(TokenRow.token_id).where(
-                    TokenRow.token_id.in_([t.token_id for t in newcomers])
-                )
-            )
-        ).scalars()
-    )
-    pairs = list({(t.schedule_id, t.user_id) for t in newcomers})
-    holding_stmt = select(TokenRow.schedule_id, TokenRow.user_id).where(
-        tuple_(TokenRow.schedule_id, TokenRow.user_id).in_(pairs), _LIVE
-    )
-    holding = {(row.schedule_id, row.user_id) for row in await session.execute(holding_stmt)}
+    params = {
+        **_pair_params((t.schedule_id, t.user_id) for t in newcomers),
+        "token_ids": [t.token_id for t in newcomers],
+    }
+    written: set[str] = set()
+    holding: set[tuple[int, str]] = set()
+    for row in await session.execute(_WRITTEN_OR_HOLDING, params):
+        written.add(row.token_id)
+        if row.status.is_live:
+            holding.add((row.schedule_id, row.user_id))
     by_id = {schedule.schedule_id: schedule for schedule in schedules}
     placed: list[NewToken] = []
     rows: list[dict[str, object]] = []
@@ -373,13 +397,42 @@ async def read_token_in_line(session: AsyncSession, token_id: str) -> TokenInLin
     return TokenInLine(token, schedule, position)
 
 
-async def release_token(
-    session: AsyncSession, token_id: str, target: TokenStatus, now: datetime
-) -> Release:
-    """Complete or cancel the token (target COMPLETED or CANCELLED); repeats are harmless."""
-    token = await get_token(session, token_id)
-    schedule = await lock_schedule(session, token.schedule_id)
-    token = await _lock_token(session, token_id)
+async def release_tokens(
+    session: AsyncSession, requests: Sequence[tuple[str, TokenStatus]], now: datetime
+) -> list[Release | DomainError]:
+    """Complete or cancel many tokens (each target COMPLETED or CANCELLED) in this
+    transaction, in request order; repeats are harmless.
+
+    Three statements for the whole group: find the tokens' schedules, lock those in id
+    order (the one lock order), lock the tokens. Each request gets its Release, or the
+    DomainError that belongs to it alone (TokenNotFound, FailedPrecondition).
+    """
+    ids = list(dict.fromkeys(token_id for token_id, _ in requests))
+    owners = await session.execute(
+        select(TokenRow.schedule_id).where(TokenRow.token_id.in_(ids)).distinct()
+    )
+    schedules = {s.schedule_id: s for s in await lock_schedules(session, list(owners.scalars()))}
+    locked = (
+        select(TokenRow)
+        .where(TokenRow.token_id.in_(ids))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    tokens = {t.token_id: t for t in (await session.execute(locked)).scalars()}
+    results: list[Release | DomainError] = []
+    for token_id, target in requests:
+        token = tokens.get(token_id)
+        if token is None:
+            results.append(TokenNotFound(token_id))
+            continue
+        try:
+            results.append(_release(token, schedules[token.schedule_id], target, now))
+        except DomainError as exc:
+            results.append(exc)
+    return results
+
+
+def _release(token: TokenRow, schedule: ScheduleRow, target: TokenStatus, now: datetime) -> Release:
     previous = token.status
     if not domain.check_release(previous, target):
         return Release(token=token, previous=previous, changed=False, freed_slot=False)
@@ -390,18 +443,7 @@ async def release_token(
         schedule.active_count -= 1
     else:
         schedule.pending_count -= 1
-    await session.flush()
     return Release(token=token, previous=previous, changed=True, freed_slot=was_active)
-
-
-async def _lock_token(session: AsyncSession, token_id: str) -> TokenRow:
-    stmt = (
-        select(TokenRow)
-        .where(TokenRow.token_id == token_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(stmt)).scalar_one()
 
 
 # --- outbox ------------------------------------------------------------------------------

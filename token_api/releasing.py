@@ -1,0 +1,109 @@
+"""Group commit for CompleteToken and CancelToken: concurrent releases share a transaction.
+
+Releases refill slots, so at rush rate they bound admissions. One task takes every release
+that is waiting and applies them all in one transaction (three statements for the group,
+then the updates), with their state changes and one SlotsFreedEvent per schedule that got
+a slot back in its outbox, and answers each caller. A request's own error (an unknown id, a
+move the lifecycle forbids) goes to that caller alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from waiting_core import metrics, repository
+from waiting_core.clock import utc_now
+from waiting_core.domain import TokenStatus
+from waiting_core.errors import DomainError
+from waiting_core.events import Topics, slots_freed_row, state_changed_rows
+from waiting_core.models import OutboxRow, TokenRow
+from waiting_core.outbox import OutboxRelay
+from waiting_core.worker import BackgroundWorker
+
+MAX_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    token_id: str
+    target: TokenStatus
+    answer: asyncio.Future[TokenRow]
+
+
+class ReleaseBatcher(BackgroundWorker):
+    """Serialises releases into batched transactions. ``start``/``stop`` idempotent."""
+
+    name = "release-batcher"
+
+    def __init__(self, relay: OutboxRelay, topics: Topics) -> None:
+        self._relay = relay
+        self._topics = topics
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        super().__init__()
+
+    async def release(self, token_id: str, target: TokenStatus) -> TokenRow:
+        """Move the token to ``target`` (COMPLETED or CANCELLED); the token after it."""
+        answer: asyncio.Future[TokenRow] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(token_id, target, answer))
+        return await asyncio.shield(answer)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await asyncio.shield(self._write(batch))
+
+    async def _write(self, batch: list[_Request]) -> None:
+        now = utc_now()
+        try:
+            async with self._relay.transaction() as tx:
+                results = await repository.release_tokens(
+                    tx.session, [(r.token_id, r.target) for r in batch], now
+                )
+                tx.publish(self._events(batch, results, now))
+        except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map
+            for request in batch:
+                if not request.answer.done():
+                    request.answer.set_exception(exc)
+            return
+        for request, result in zip(batch, results, strict=True):
+            if request.answer.done():
+                continue
+            if isinstance(result, DomainError):
+                request.answer.set_exception(result)
+            else:
+                _count(result, request.target)
+                request.answer.set_result(result.token)
+
+    def _events(
+        self,
+        batch: Sequence[_Request],
+        results: Sequence[repository.Release | DomainError],
+        now: datetime,
+    ) -> list[OutboxRow]:
+        """A state change per release that changed; a freed-slot event per schedule."""
+        events: list[OutboxRow] = []
+        freed: dict[int, str] = {}
+        for request, result in zip(batch, results, strict=True):
+            if isinstance(result, DomainError) or not result.changed:
+                continue
+            events += state_changed_rows(
+                self._topics, [result.token], result.previous, request.target, now
+            )
+            if result.freed_slot:
+                freed.setdefault(result.token.schedule_id, request.target.value.lower())
+        events += [
+            slots_freed_row(self._topics, schedule_id, reason, now)
+            for schedule_id, reason in freed.items()
+        ]
+        return events
+
+
+def _count(release: repository.Release, target: TokenStatus) -> None:
+    if release.changed:
+        completed = target == TokenStatus.COMPLETED
+        (metrics.TOKENS_COMPLETED if completed else metrics.TOKENS_CANCELLED).inc()
