@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
+from collections.abc import Sequence
 
 import grpc
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from activator.server import Activator
 from tests.helpers import (
     RPC_TIMEOUT,
     System,
+    admin_channel,
     configure,
     issue_unplaced,
     placed,
     queue_status,
+    wait_assigned,
     wait_counts,
 )
 from token_api.server import TokenApi
@@ -29,9 +35,12 @@ from waiting.v1 import (
     token_service_pb2_grpc,
 )
 from waiting_core.events import EVENT_TYPE_HEADER, schedule_key
+from waiting_core.outbox import SCAN_MIN_AGE
 from waiting_core.producer import LazyProducer
 
 PENDING = token_pb2.TOKEN_STATUS_PENDING
+ACTIVE = token_pb2.TOKEN_STATUS_ACTIVE
+OUTBOX_SCAN_AGE = SCAN_MIN_AGE.total_seconds()
 
 
 async def test_a_token_just_issued_is_pending_everywhere_never_not_found(
@@ -155,3 +164,85 @@ async def test_a_record_read_twice_places_its_token_once(system: System, schedul
 
     status = await queue_status(system, schedule_id)
     assert (status.active_count, status.pending_count) == (1, 1)
+
+
+async def test_two_of_each_service_publish_every_event_once(
+    system: System, schedule_id: int
+) -> None:
+    await configure(system, schedule_id, capacity=20, active_ttl_seconds=600)
+    token_settings = dataclasses.replace(system.token_api_settings, port=0)
+    activator_settings = dataclasses.replace(system.activator_settings, port=0)
+    async with (
+        TokenApi(token_settings) as second_api,
+        Activator(activator_settings) as second_activator,
+        admin_channel(f"127.0.0.1:{second_api.port}") as channel,
+    ):
+        await wait_assigned(second_activator)
+        apis = [system.tokens, token_service_pb2_grpc.TokenServiceStub(channel)]
+        tokens = await asyncio.gather(
+            *(
+                apis[i % 2].IssueToken(
+                    token_service_pb2.IssueTokenRequest(user_id=f"u{i}", schedule_id=schedule_id),
+                    timeout=RPC_TIMEOUT,
+                )
+                for i in range(60)
+            )
+        )
+        await wait_counts(system, schedule_id, active=20, pending=40)
+        active = [
+            t.token.token_id
+            for t in tokens
+            if (await placed(system, t.token.token_id)).status == ACTIVE
+        ]
+        await asyncio.gather(
+            *(
+                apis[i % 2].CompleteToken(
+                    token_service_pb2.CompleteTokenRequest(token_id=token_id), timeout=RPC_TIMEOUT
+                )
+                for i, token_id in enumerate(active)
+            )
+        )
+        await wait_counts(system, schedule_id, active=20, pending=20)
+        await asyncio.sleep(2 * OUTBOX_SCAN_AGE)  # long enough for any relay's scan to repeat
+
+    waiting = await _records_of(system, system.token_api.topics.waiting, schedule_id)
+    changes = await _records_of(system, system.token_api.topics.events, schedule_id)
+
+    creates = [e for kind, e in waiting if kind == "CreateTokenEvent"]
+    assert len(creates) == 60
+    assert len(changes) == 60  # 40 admitted, 20 completed
+    for records in (waiting, changes):
+        ids = [event_id for _, event_id in records]
+        assert all(ids)
+        assert len(ids) == len(set(ids))
+
+
+async def _records_of(system: System, topic: str, schedule_id: int) -> list[tuple[str, str]]:
+    """(event type, event_id) of every record of the schedule on ``topic``, read until quiet."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=system.token_api_settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[tuple[str, str]] = []
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() - quiet_since < 3.0:
+            batch = await consumer.getmany(timeout_ms=300)
+            if batch:
+                quiet_since = time.monotonic()
+            for record in (r for records in batch.values() for r in records):
+                if record.key == schedule_key(schedule_id):
+                    found.append(_event_id(record.headers, record.value or b""))
+    finally:
+        await consumer.stop()
+    return found
+
+
+def _event_id(headers: Sequence[tuple[str, bytes]], value: bytes) -> tuple[str, str]:
+    kind = dict(headers)[EVENT_TYPE_HEADER].decode().rsplit(".", 1)[-1]
+    message = getattr(events_pb2, kind)()
+    message.ParseFromString(value)
+    return kind, str(message.event_id)

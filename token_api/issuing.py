@@ -149,6 +149,7 @@ class IssueBatcher(BackgroundWorker):
                     await producer.send(self._topics.waiting, value, key=key, headers=headers)
                 )
         except (KafkaError, OSError) as exc:
+            self._producer.reset()
             raise _kafka_unavailable(exc) from exc
         return deliveries
 
@@ -158,6 +159,7 @@ class IssueBatcher(BackgroundWorker):
         try:
             await asyncio.gather(*deliveries)
         except (KafkaError, OSError) as exc:
+            self._producer.reset()
             _fail(group.requests, _kafka_unavailable(exc))
             return
         except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map

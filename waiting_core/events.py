@@ -7,6 +7,7 @@ partition, and its ``event-type`` header is the protobuf message's full name.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,13 +89,19 @@ def create_token_event(
 ) -> events_pb2.CreateTokenEvent:
     """The event announcing a new PENDING token."""
     return events_pb2.CreateTokenEvent(
-        token_id=token_id, user_id=user_id, schedule_id=schedule_id, issued_at=timestamp(issued_at)
+        token_id=token_id,
+        user_id=user_id,
+        schedule_id=schedule_id,
+        issued_at=timestamp(issued_at),
+        event_id=token_id,
     )
 
 
 def slots_freed_row(topics: Topics, schedule_id: int, reason: str, at: datetime) -> OutboxRow:
     """The outbox row telling the activator a schedule may have room for its next tokens."""
-    event = events_pb2.SlotsFreedEvent(schedule_id=schedule_id, reason=reason, at=timestamp(at))
+    event = events_pb2.SlotsFreedEvent(
+        schedule_id=schedule_id, reason=reason, at=timestamp(at), event_id=uuid.uuid4().hex
+    )
     return outbox_row(topics.waiting, schedule_id, event, at, topics.origin)
 
 
@@ -118,6 +125,7 @@ def state_changed_rows(
                 from_status=status_to_proto(from_status),
                 to_status=status_to_proto(to_status),
                 at=stamp,
+                event_id=f"{token.token_id}:{to_status.value}",
             ),
             at,
             topics.origin,

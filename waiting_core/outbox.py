@@ -4,7 +4,10 @@ Writers change the tokens and write their events in one ``async with relay.trans
 tx:`` block (:meth:`OutboxRelay.transaction`): ``tx.publish(rows)`` adds the rows to the
 transaction, and once it has committed the relay publishes those same rows at once, without
 reading them back. A timer scans the table for anything left (the broker was down, the
-process restarted, a publish failed).
+process restarted, a publish failed), but only for rows older than ``SCAN_MIN_AGE``: a
+row that young belongs to a writer whose relay is publishing it, maybe in another process
+of the same service, so N instances publish each event once in normal operation. Every
+event carries an ``event_id`` for the repeats a crash may still cause.
 
 Rows are deleted only after the broker acknowledged them (``acks=all``, idempotent producer),
 so an event is never lost. Acknowledged ids are deleted in one statement every
@@ -19,11 +22,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting_core import metrics, repository
+from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import EVENT_TYPE_HEADER, Topics
@@ -35,6 +40,7 @@ from waiting_core.worker import BackgroundWorker
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
+SCAN_MIN_AGE = timedelta(seconds=3)
 
 
 class OutboxTransaction:
@@ -104,7 +110,7 @@ class OutboxRelay(BackgroundWorker):
         await super().stop()
         if was_running:
             with contextlib.suppress(Unavailable, KafkaError, OSError, TimeoutError):
-                await asyncio.wait_for(self.publish_pending(), timeout=5)
+                await asyncio.wait_for(self.publish_pending(min_age=timedelta(0)), timeout=5)
         await self._producer.stop()
 
     async def _run(self) -> None:
@@ -127,6 +133,8 @@ class OutboxRelay(BackgroundWorker):
                     await self._delete_acked()
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
+                if isinstance(exc, KafkaError):
+                    self._producer.reset()
                 self._handed.clear()  # still in the table: the next scan sends them
                 self._scan_due = True
                 failures += 1
@@ -135,15 +143,19 @@ class OutboxRelay(BackgroundWorker):
                 await asyncio.sleep(delay)
                 self._wakeup.set()
 
-    async def publish_pending(self) -> int:
-        """Publish every pending row in the table, oldest first; return how many were sent."""
+    async def publish_pending(self, min_age: timedelta = SCAN_MIN_AGE) -> int:
+        """Publish every pending row written over ``min_age`` ago, oldest first; return how
+        many were sent."""
         await self._delete_acked()  # or the scan would send them again
         self._last_scan = set()
+        created_before = utc_now() - min_age
         sent = 0
         while True:
             async with self._database.transaction(read_only=True) as session:
                 rows = list(
-                    await repository.oldest_outbox_events(session, self._topics.origin, BATCH_SIZE)
+                    await repository.oldest_outbox_events(
+                        session, self._topics.origin, BATCH_SIZE, created_before
+                    )
                 )
             metrics.OUTBOX_BACKLOG.set(len(rows))
             if not rows:

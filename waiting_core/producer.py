@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka import AIOKafkaProducer
 
@@ -44,6 +45,20 @@ class LazyProducer:
         if producer is not None:
             await producer.stop()
 
+    def reset(self) -> None:
+        """Drop the producer after a delivery failed; the next ``get`` starts a new one.
+
+        An idempotent producer whose batches failed (the broker was gone) can be left with a
+        gap in its sequence numbers, which the broker then refuses for good
+        (OutOfOrderSequenceNumber). A new producer gets a new producer id and starts clean.
+        The old one is closed in the background, so the caller does not wait for it.
+        """
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            task = asyncio.create_task(_close(producer))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
     async def _start(self) -> AIOKafkaProducer:
         await ensure_topics(self._bootstrap, self._topics, self._partitions)
         producer = AIOKafkaProducer(
@@ -59,3 +74,11 @@ class LazyProducer:
             await producer.stop()
             raise
         return producer
+
+
+_closing: set[asyncio.Task[None]] = set()  # references, so the closing tasks are not collected
+
+
+async def _close(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), timeout=10)

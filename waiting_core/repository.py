@@ -450,11 +450,14 @@ def _release(token: TokenRow, schedule: ScheduleRow, target: TokenStatus, now: d
 
 
 async def oldest_outbox_events(
-    session: AsyncSession, origin: str, limit: int
+    session: AsyncSession, origin: str, limit: int, created_before: datetime | None = None
 ) -> Sequence[OutboxRow]:
-    """Up to ``limit`` of ``origin``'s unpublished events, oldest first."""
-    stmt = select(OutboxRow).where(OutboxRow.origin == origin).order_by(OutboxRow.id).limit(limit)
-    return (await session.execute(stmt)).scalars().all()
+    """Up to ``limit`` of ``origin``'s unpublished events, oldest first; with
+    ``created_before``, only those written before it."""
+    stmt = select(OutboxRow).where(OutboxRow.origin == origin)
+    if created_before is not None:
+        stmt = stmt.where(OutboxRow.created_at < created_before)
+    return (await session.execute(stmt.order_by(OutboxRow.id).limit(limit))).scalars().all()
 
 
 async def delete_outbox_events(session: AsyncSession, ids: Sequence[int]) -> None:
