@@ -34,7 +34,10 @@ class Activator(serving.GrpcService):
     def __init__(self, settings: ActivatorSettings) -> None:
         self.settings = settings
         topics = Topics(
-            waiting=settings.waiting_topic, events=settings.events_topic, origin="activator"
+            waiting=settings.waiting_topic,
+            events=settings.events_topic,
+            origin="activator",
+            replication=settings.topic_replication_factor,
         )
         # Two pools: a flood of status reads and watch streams must never starve admission.
         self.database = Database(settings.database_url, pool_size=settings.database_pool_size)

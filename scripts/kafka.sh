@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Runs a single-node Apache Kafka 4.x broker in KRaft mode from jars that Maven fetches.
+# Runs Apache Kafka 4.x in KRaft mode from jars that Maven fetches: one node, or with
+# KAFKA_NODES=3 a replicated cluster on loopback (replication factor 3, min.insync.replicas=2).
 #
 #   scripts/kafka.sh fetch            download the broker jars (kafka/pom.xml) into the cache
 #   scripts/kafka.sh start            format storage if needed, start in the background, wait
 #   scripts/kafka.sh run              the same, in the foreground (Ctrl-C stops it cleanly)
 #   scripts/kafka.sh stop             stop the background broker (SIGTERM, then wait)
 #   scripts/kafka.sh status           exit 0 when this checkout's broker answers on its port
+#   scripts/kafka.sh bootstrap        print the bootstrap servers (every node's address)
+#   scripts/kafka.sh pid N            print the pid of node N (1-based), e.g. to kill -9 it
+#   scripts/kafka.sh start-node N     start node N again after it was stopped or killed
 #
 # `start` refuses (exit 3) when something else already listens on the port: another
 # checkout's broker, someone else's Kafka, or any other program. Sharing a broker by accident
@@ -13,20 +17,55 @@
 # checkout's when the process in its pid file is alive and runs this data dir's config.
 #
 # Settings (environment):
-#   KAFKA_PORT      PLAINTEXT port on 127.0.0.1 (default 9092); the controller uses PORT+1
-#   KAFKA_DATA_DIR  log dirs, config, pid and log file (default .run/kafka-$KAFKA_PORT)
+#   KAFKA_PORT      PLAINTEXT port on 127.0.0.1 (default 9092); the controller uses PORT+1.
+#                   With KAFKA_NODES=3, node N listens on PORT+2(N-1) and PORT+2(N-1)+1.
+#   KAFKA_NODES     1 (default) or 3: all nodes are brokers and KRaft controllers
+#   KAFKA_DATA_DIR  log dirs, config, pid and log file (default .run/kafka-$KAFKA_PORT;
+#                   node N of a cluster uses its node-N folder)
 #   KAFKA_CACHE     where the jars live, outside git (default ~/.cache/waiting-room)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")"
-port="${KAFKA_PORT:-9092}"
-controller_port="$((port + 1))"
-data_dir="${KAFKA_DATA_DIR:-$here/.run/kafka-$port}"
+base_port="${KAFKA_PORT:-9092}"
+nodes="${KAFKA_NODES:-1}"
+base_dir="${KAFKA_DATA_DIR:-$here/.run/kafka-$base_port}"
 cache="${KAFKA_CACHE:-$HOME/.cache/waiting-room}"
 libs="$cache/kafka-$version/libs"
-pid_file="$data_dir/kafka.pid"
-log_file="$data_dir/kafka.log"
+case "$nodes" in 1 | 3) ;; *) echo "kafka.sh: KAFKA_NODES must be 1 or 3" >&2; exit 2 ;; esac
+replicas=$((nodes == 3 ? 3 : 1))
+min_isr=$((nodes == 3 ? 2 : 1))
+
+# Select node $1: its ports and files (a single node keeps the folder layout it always had).
+use_node() {
+  node="$1"
+  port=$((base_port + 2 * (node - 1)))
+  controller_port=$((port + 1))
+  if [ "$nodes" = 1 ]; then data_dir="$base_dir"; else data_dir="$base_dir/node-$node"; fi
+  pid_file="$data_dir/kafka.pid"
+  log_file="$data_dir/kafka.log"
+  set_java_cmd
+}
+
+quorum() {
+  if [ "$nodes" = 1 ]; then
+    echo "controller.quorum.bootstrap.servers=127.0.0.1:$((base_port + 1))"
+    return
+  fi
+  local voters="" n
+  for n in $(seq 1 "$nodes"); do
+    voters="$voters${voters:+,}$n@127.0.0.1:$((base_port + 2 * (n - 1) + 1))"
+  done
+  echo "controller.quorum.voters=$voters"
+}
+
+bootstrap() {
+  local servers="" n
+  for n in $(seq 1 "$nodes"); do
+    servers="$servers${servers:+,}127.0.0.1:$((base_port + 2 * (n - 1)))"
+  done
+  echo "$servers"
+}
 
 fetch() {
   if [ -f "$libs/.complete" ]; then return 0; fi
@@ -41,8 +80,8 @@ write_config() {
   mkdir -p "$data_dir/logs"
   cat >"$data_dir/server.properties" <<EOF
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
+node.id=$node
+$(quorum)
 listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
@@ -51,12 +90,14 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$data_dir/logs
 num.partitions=6
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+default.replication.factor=$replicas
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$replicas
 offsets.topic.num.partitions=6
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+transaction.state.log.replication.factor=$replicas
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$replicas
+share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 log.retention.hours=24
 EOF
@@ -74,14 +115,29 @@ logger.kafka.level = INFO
 EOF
 }
 
-java_cmd=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
-  "-Dlog4j2.configurationFile=$data_dir/log4j2.properties" -cp "$libs/*")
+# The java command line of the selected node, in the array java_cmd.
+set_java_cmd() {
+  local heap=768m
+  if [ "$nodes" = 3 ]; then heap=512m; fi
+  java_cmd=(java -Xms256m "-Xmx$heap" -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$data_dir/log4j2.properties" -cp "$libs/*")
+}
+
+cluster_id() {
+  local file="$base_dir/cluster.id"
+  mkdir -p "$base_dir"
+  if [ ! -f "$file" ]; then
+    cat /proc/sys/kernel/random/uuid | tr -d - | head -c 22 >"$file"
+  fi
+  cat "$file"
+}
 
 format_storage() {
   if [ -f "$data_dir/logs/meta.properties" ]; then return 0; fi
-  "${java_cmd[@]}" kafka.tools.StorageTool format --standalone \
-    -t "$(cat /proc/sys/kernel/random/uuid | tr -d - | head -c 22)" \
-    -c "$data_dir/server.properties" >/dev/null
+  local standalone=()
+  if [ "$nodes" = 1 ]; then standalone=(--standalone); fi
+  "${java_cmd[@]}" kafka.tools.StorageTool format "${standalone[@]}" \
+    -t "$(cluster_id)" -c "$data_dir/server.properties" >/dev/null
 }
 
 is_up() {
@@ -125,41 +181,69 @@ wait_ready() {
 }
 
 prepare() {
-  fetch
   write_config
   format_storage
 }
 
+# Start the selected node in the background; refuse a foreign listener on its port.
+launch() {
+  if is_ours && is_up; then return 0; fi
+  if is_up; then refuse_foreign; fi
+  prepare
+  nohup "${java_cmd[@]}" kafka.Kafka "$data_dir/server.properties" >"$log_file" 2>&1 &
+  echo $! >"$pid_file"
+}
+
+halt() {
+  if [ ! -f "$pid_file" ]; then return 0; fi
+  local pid
+  pid="$(cat "$pid_file")"
+  if kill -TERM "$pid" 2>/dev/null; then
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pid_file"
+}
+
+all_nodes() { seq 1 "$nodes"; }
+
 case "${1:-}" in
   fetch) fetch ;;
   start)
-    if is_ours && is_up; then
-      echo "kafka.sh: this checkout's broker already runs on 127.0.0.1:$port"
-      exit 0
+    fetch
+    for n in $(all_nodes); do use_node "$n"; launch; done
+    for n in $(all_nodes); do use_node "$n"; wait_ready; done
+    if [ "$nodes" = 1 ]; then
+      echo "kafka.sh: Apache Kafka $version ready on 127.0.0.1:$port (pid $(cat "$pid_file"))"
+    else
+      echo "kafka.sh: Apache Kafka $version ready on $(bootstrap) ($nodes nodes)"
     fi
-    if is_up; then refuse_foreign; fi
-    prepare
-    nohup "${java_cmd[@]}" kafka.Kafka "$data_dir/server.properties" >"$log_file" 2>&1 &
-    echo $! >"$pid_file"
+    ;;
+  start-node)
+    fetch
+    use_node "${2:?node number}"
+    launch
     wait_ready
-    echo "kafka.sh: Apache Kafka $version ready on 127.0.0.1:$port (pid $(cat "$pid_file"))"
     ;;
   run)
+    fetch
+    use_node 1
     prepare
     exec "${java_cmd[@]}" kafka.Kafka "$data_dir/server.properties"
     ;;
   stop)
-    if [ ! -f "$pid_file" ]; then exit 0; fi
-    pid="$(cat "$pid_file")"
-    if kill -TERM "$pid" 2>/dev/null; then
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pid_file"
+    for n in $(all_nodes); do use_node "$n"; halt; done
     ;;
-  status) is_ours && is_up ;;
+  status)
+    for n in $(all_nodes); do use_node "$n"; is_ours && is_up || exit 1; done
+    ;;
+  bootstrap) bootstrap ;;
+  pid)
+    use_node "${2:?node number}"
+    cat "$pid_file"
+    ;;
   *)
-    sed -n '2,19p' "$0" >&2
+    sed -n '2,26p' "$0" >&2
     exit 2
     ;;
 esac

@@ -17,18 +17,31 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy.engine import make_url
 
 from tests.fault_harness import FaultReport, FaultRun, assert_invariants
 from tests.helpers import ADMIN_TOKEN, create_postgres_database, eventually, settings_for
 from token_api.server import TokenApi
-from tools.system import Cluster, migrate, start_broker, stop_broker
+from tools.system import (
+    Cluster,
+    cluster_bootstrap,
+    kill_node,
+    migrate,
+    start_broker,
+    start_node,
+    stop_broker,
+)
 from tools.tcp_proxy import TcpProxy
 from waiting.v1 import token_pb2, token_service_pb2, token_service_pb2_grpc
+from waiting_core.events import schedule_key
 
 pytestmark = pytest.mark.timeout(300)
 
 BROKER_PORT = 19292
+CLUSTER_PORT = 19392  # nodes on 19392, 19394, 19396 (controllers one above each)
+CLUSTER_NODES = 3
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +55,30 @@ def fault_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
         stop_broker(BROKER_PORT, data_dir)
 
 
+@pytest.fixture(scope="module")
+def fault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A replicated cluster of three nodes (replication factor 3, min.insync.replicas=2)."""
+    data_dir = tmp_path_factory.mktemp("fault-kafka-cluster")
+    start_broker(CLUSTER_PORT, data_dir, CLUSTER_NODES)
+    try:
+        yield CLUSTER_PORT, data_dir
+    finally:
+        stop_broker(CLUSTER_PORT, data_dir, CLUSTER_NODES)
+
+
 @pytest.fixture
 async def run(
     postgres_server: str, fault_broker: tuple[int, Path], tmp_path: Path
 ) -> AsyncIterator[tuple[FaultRun, TcpProxy]]:
     """A fresh database behind a cuttable proxy, and a cluster that reaches it through it."""
+    async with _fault_run(postgres_server, f"127.0.0.1:{fault_broker[0]}", tmp_path) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def _fault_run(
+    postgres_server: str, bootstrap: str, tmp_path: Path, **extra_env: str
+) -> AsyncIterator[tuple[FaultRun, TcpProxy]]:
     direct_url = create_postgres_database(postgres_server)
     await asyncio.to_thread(migrate, direct_url)
     parsed = make_url(direct_url)
@@ -56,7 +88,7 @@ async def run(
     suffix = secrets.token_hex(4)
     cluster = Cluster(
         proxied_url,
-        f"127.0.0.1:{fault_broker[0]}",
+        bootstrap,
         tmp_path / "logs",
         extra_env={
             "WAITING_TOPIC": f"waiting-token-{suffix}",
@@ -65,6 +97,7 @@ async def run(
             "CONSUMER_SESSION_TIMEOUT_MS": "6000",
             "ADMIN_TOKEN": ADMIN_TOKEN,
             "DATABASE_POOL_SIZE": "5",
+            **extra_env,
         },
     )
     fault_run = FaultRun(cluster, direct_url)
@@ -203,3 +236,47 @@ async def _issue_when_back(
 
     await eventually(answered, timeout=90, interval=0.5)
     return replies[-1]
+
+
+@pytest.mark.postgres
+async def test_the_leader_of_the_busy_partition_killed_mid_run(
+    postgres_server: str, fault_cluster: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, data_dir = fault_cluster
+    bootstrap = cluster_bootstrap(port, CLUSTER_NODES)
+    async with _fault_run(
+        postgres_server, bootstrap, tmp_path, TOPIC_REPLICATION_FACTOR=str(CLUSTER_NODES)
+    ) as (fault_run, _):
+        topic = fault_run.cluster.extra_env["WAITING_TOPIC"]
+        killed: list[int] = []
+
+        async def kill_the_leader() -> None:
+            leader = await _leader_of(bootstrap, topic, schedule_key(fault_run.schedule_id))
+            await asyncio.to_thread(kill_node, port, data_dir, CLUSTER_NODES, leader)
+            killed.append(leader)
+
+        try:
+            report = await _run_with_fault(
+                fault_run, "d) kill -9 of the busy partition's leader (3 nodes)", kill_the_leader
+            )
+        finally:
+            for node in range(1, CLUSTER_NODES + 1):  # the next test gets all three back
+                await asyncio.to_thread(start_node, port, data_dir, CLUSTER_NODES, node)
+
+    # Every acknowledged token is admitted, in order, exactly once (I2-I4), within capacity.
+    assert killed
+    assert_invariants(report)
+
+
+async def _leader_of(bootstrap: str, topic: str, key: bytes) -> int:
+    """The node id (here, the node number) leading the partition that ``key`` goes to."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    leaders = {p["partition"]: p["leader"] for p in described["partitions"]}
+    partitions = sorted(leaders)
+    partition = DefaultPartitioner()(key, partitions, partitions)
+    return int(leaders[partition])

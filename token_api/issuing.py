@@ -120,10 +120,13 @@ class IssueBatcher(BackgroundWorker):
         """Answer the callers who hold a live token; send the new tokens' events."""
         pairs = list(dict.fromkeys((r.schedule_id, r.user_id) for r in group.requests))
         ids = await self._ids.get()
-        async with self._database.transaction(read_only=True) as session:
+        async with self._database.single_read() as session:
             held = await repository.users_tokens(session, pairs)
-            live = {pair: t for pair, ts in held.items() for t in ts if t.status.is_live}
-            positions = await _positions(session, list(live.values()))
+        live = {pair: t for pair, ts in held.items() for t in ts if t.status.is_live}
+        positions = {t.token_id: 0 for t in live.values()}
+        if any(t.status == TokenStatus.PENDING for t in live.values()):  # returning waiters
+            async with self._database.transaction(read_only=True) as session:
+                positions = await _positions(session, list(live.values()))
         now = utc_now()
         for pair in pairs:
             token = live.get(pair)

@@ -39,7 +39,10 @@ class TokenApi(serving.GrpcService):
     def __init__(self, settings: TokenApiSettings) -> None:
         self.settings = settings
         self.topics = topics = Topics(
-            waiting=settings.waiting_topic, events=settings.events_topic, origin="token_api"
+            waiting=settings.waiting_topic,
+            events=settings.events_topic,
+            origin="token_api",
+            replication=settings.topic_replication_factor,
         )
         self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
         self.relay = OutboxRelay(

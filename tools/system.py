@@ -69,19 +69,56 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def start_broker(port: int, data_dir: Path) -> bool:
-    """Start a broker on ``port`` unless one answers there; True when this call started it."""
+def start_broker(port: int, data_dir: Path, nodes: int = 1) -> bool:
+    """Start a broker (or a cluster of ``nodes``) on ``port`` unless one answers there; True
+    when this call started it."""
     if is_listening(port):
         return False
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data_dir)}
-    subprocess.run([str(ROOT / "scripts/kafka.sh"), "start"], env=env, check=True)
+    _kafka_sh(port, data_dir, nodes, "start")
     return True
 
 
-def stop_broker(port: int, data_dir: Path) -> None:
-    """Stop a broker started by :func:`start_broker`."""
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data_dir)}
-    subprocess.run([str(ROOT / "scripts/kafka.sh"), "stop"], env=env, check=False)
+def stop_broker(port: int, data_dir: Path, nodes: int = 1) -> None:
+    """Stop a broker or cluster started by :func:`start_broker`."""
+    _kafka_sh(port, data_dir, nodes, "stop", check=False)
+
+
+def cluster_bootstrap(port: int, nodes: int) -> str:
+    """The bootstrap servers of a cluster that ``scripts/kafka.sh`` started on ``port``."""
+    return ",".join(f"127.0.0.1:{port + 2 * n}" for n in range(nodes))
+
+
+def node_of_port(base_port: int, broker_port: int) -> int:
+    """Which node (1-based) of a cluster on ``base_port`` listens on ``broker_port``."""
+    return (broker_port - base_port) // 2 + 1
+
+
+def kill_node(port: int, data_dir: Path, nodes: int, node: int) -> None:
+    """kill -9 one node of a cluster."""
+    pid = _kafka_sh(port, data_dir, nodes, "pid", str(node)).strip()
+    os.kill(int(pid), signal.SIGKILL)
+
+
+def start_node(port: int, data_dir: Path, nodes: int, node: int) -> None:
+    """Start one node of a cluster again."""
+    _kafka_sh(port, data_dir, nodes, "start-node", str(node))
+
+
+def _kafka_sh(port: int, data_dir: Path, nodes: int, *args: str, check: bool = True) -> str:
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(port),
+        "KAFKA_DATA_DIR": str(data_dir),
+        "KAFKA_NODES": str(nodes),
+    }
+    result = subprocess.run(
+        [str(ROOT / "scripts/kafka.sh"), *args],
+        env=env,
+        check=check,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout
 
 
 def migrate(database_url: str) -> None:

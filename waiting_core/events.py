@@ -45,6 +45,8 @@ class Topics:
     origin: str
     waiting: str = "waiting-token"
     events: str = "token-events"
+    # Copies of each partition when a service creates the topics (3 on a replicated cluster).
+    replication: int = 1
 
     @property
     def dead_letter(self) -> str:
@@ -183,9 +185,9 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None
     await admin.start()
     try:
         wanted = [
-            NewTopic(topics.waiting, partitions, 1),
-            NewTopic(topics.events, partitions, 1),
-            NewTopic(topics.dead_letter, 1, 1),
+            NewTopic(topics.waiting, partitions, topics.replication),
+            NewTopic(topics.events, partitions, topics.replication),
+            NewTopic(topics.dead_letter, 1, topics.replication),
         ]
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]

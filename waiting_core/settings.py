@@ -152,6 +152,12 @@ class CommonSettings:
     topic_partitions: int = setting(
         "TOPIC_PARTITIONS", 6, "partitions of the topics when this service creates them", positive
     )
+    topic_replication_factor: int = setting(
+        "TOPIC_REPLICATION_FACTOR",
+        1,
+        "copies of each partition when this service creates the topics (3 on a cluster)",
+        positive,
+    )
     shutdown_grace_seconds: float = setting(
         "SHUTDOWN_GRACE_SECONDS",
         5.0,
