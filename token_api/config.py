@@ -40,3 +40,14 @@ class TokenApiSettings(CommonSettings):
         "(a shorter client deadline wins)",
         positive,
     )
+    workers: int = setting(
+        "TOKEN_API_WORKERS",
+        1,
+        "processes serving the one port (SO_REUSEPORT): use the cores of a bigger machine",
+        positive,
+    )
+    reuse_port: bool = setting(
+        "TOKEN_API_REUSE_PORT",
+        False,
+        "bind with SO_REUSEPORT (set for each worker when TOKEN_API_WORKERS > 1)",
+    )

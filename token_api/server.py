@@ -64,7 +64,9 @@ class TokenApi(serving.GrpcService):
         self.batcher = IssueBatcher(self.database, self.ids, producer, topics)
         self.releaser = ReleaseBatcher(self.relay, topics)
         self.seen = SeenTokens(self.database)
-        server = serving.new_server(AdminAuthInterceptor(settings.admin_token))
+        server = serving.new_server(
+            AdminAuthInterceptor(settings.admin_token), reuse_port=settings.reuse_port
+        )
         token_service_pb2_grpc.add_TokenServiceServicer_to_server(
             TokenService(
                 self.database,

@@ -137,8 +137,17 @@ def _machine_busy_seconds() -> float:
 
 
 def _process_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of the process, and of its children unless it is this load generator
+    (whose children are the services): a token_api's children are its workers."""
+    members = [process]
+    if process.pid != os.getpid():
+        members += process.children(recursive=True)
+    total = 0.0
+    for member in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += float(times.user + times.system)
+    return total
 
 
 @contextlib.contextmanager
@@ -228,6 +237,7 @@ class Bench:
                 "TOKEN_EVENTS_TOPIC": f"bench-events-{secrets.token_hex(3)}",
                 "CONSUMER_GROUP": f"bench-{secrets.token_hex(3)}",
                 "LOG_LEVEL": "WARNING",
+                "TOKEN_API_WORKERS": str(self.args.token_api_workers),
             },
         )
         try:
@@ -867,6 +877,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rate", type=float, default=200.0, help="issues/s for issue->ACTIVE")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
+    parser.add_argument(
+        "--token-api-workers", type=int, default=1, help="TOKEN_API_WORKERS of token_api"
+    )
     parser.add_argument(
         "--sections",
         nargs="+",

@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def new_server(*interceptors: grpc.aio.ServerInterceptor) -> grpc.aio.Server:  # type: ignore[type-arg]
-    """A grpc.aio server: error mapping first, then ``interceptors``; small message limits."""
+def new_server(
+    *interceptors: grpc.aio.ServerInterceptor,  # type: ignore[type-arg]
+    reuse_port: bool = False,
+) -> grpc.aio.Server:
+    """A grpc.aio server: error mapping first, then ``interceptors``; small message limits.
+    With ``reuse_port``, several processes may serve the same port (SO_REUSEPORT)."""
     return grpc.aio.server(
         interceptors=[
             RequestIdInterceptor(),
@@ -35,7 +39,7 @@ def new_server(*interceptors: grpc.aio.ServerInterceptor) -> grpc.aio.Server:  #
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
 
