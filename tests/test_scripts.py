@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tools.system import free_port
+from tools.system import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,3 +81,41 @@ def test_every_relative_link_resolves_inside_the_clone(document: str) -> None:
         resolved = (path.parent / target.split("#", 1)[0]).resolve()
         assert resolved.is_relative_to(ROOT), f"{document}: {target} leaves the repository"
         assert resolved.exists(), f"{document}: {target} does not exist"
+
+
+def test_token_api_workers_share_one_port_and_stop_together(tmp_path: Path) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path}/workers.sqlite3"
+    subprocess.run(
+        [sys.executable, "-m", "waiting_core.migrate"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database},
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "TOKEN_API_PORT": str(port),
+        "TOKEN_API_METRICS_PORT": "0",
+        "TOKEN_API_WORKERS": "2",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # not needed to bind
+    }
+    supervisor = subprocess.Popen([sys.executable, "-m", "token_api"], cwd=ROOT, env=env)
+    try:
+        wait_listening(port, timeout=30)
+        workers = psutil.Process(supervisor.pid).children()
+        listening = {
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+        }
+        supervisor.send_signal(signal.SIGTERM)
+        returncode = supervisor.wait(timeout=30)
+    finally:
+        supervisor.kill()
+
+    assert len(workers) == 2
+    assert listening == {w.pid for w in workers}  # both bound the one port
+    assert returncode == 0
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
