@@ -29,6 +29,13 @@ class ActivatorSettings(CommonSettings):
         "that the pending fetch left out waits up to this long, so it bounds admission latency",
         positive,
     )
+    fetch_idle_wait_ms: int = setting(
+        "FETCH_IDLE_WAIT_MS",
+        500,
+        "the same while no record came for a second: then it costs no latency, and an idle "
+        "activator wakes less",
+        positive,
+    )
     session_timeout_ms: int = setting(
         "CONSUMER_SESSION_TIMEOUT_MS",
         10_000,

@@ -610,7 +610,7 @@ class Bench:
             await asyncio.sleep(0.1)
         into_one = [
             level["issue"]["rps"]
-            for level in self.results["issue_levels"]
+            for level in self.results.get("issue_levels", [])
             if level["issue"]["concurrency"] == 32
         ]
         last: datetime | None = last_active  # func.max keeps the column's UTCDateTime
