@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -105,11 +106,11 @@ def test_token_api_workers_share_one_port_and_stop_together(tmp_path: Path) -> N
     try:
         wait_listening(port, timeout=30)
         workers = psutil.Process(supervisor.pid).children()
-        listening = {
-            c.pid
-            for c in psutil.net_connections("tcp")
-            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
-        }
+        deadline = time.monotonic() + 30
+        while (listening := _listeners(port)) != {w.pid for w in workers}:
+            if time.monotonic() > deadline:  # each worker binds when it has started
+                break
+            time.sleep(0.1)
         supervisor.send_signal(signal.SIGTERM)
         returncode = supervisor.wait(timeout=30)
     finally:
@@ -119,3 +120,12 @@ def test_token_api_workers_share_one_port_and_stop_together(tmp_path: Path) -> N
     assert listening == {w.pid for w in workers}  # both bound the one port
     assert returncode == 0
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def _listeners(port: int) -> set[int]:
+    """The pids listening on 127.0.0.1:port."""
+    return {
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+    }
