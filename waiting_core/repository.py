@@ -175,20 +175,6 @@ async def get_token(session: AsyncSession, token_id: str) -> TokenRow:
     return token
 
 
-async def find_live_tokens(
-    session: AsyncSession, users_by_schedule: Mapping[int, Sequence[str]]
-) -> dict[tuple[int, str], TokenRow]:
-    """The users' PENDING or ACTIVE tokens, by (schedule, user), in one statement (I5)."""
-    schedule_ids = list(users_by_schedule)
-    user_ids = sorted({user for users in users_by_schedule.values() for user in users})
-    stmt = select(TokenRow).where(
-        TokenRow.schedule_id.in_(schedule_ids), TokenRow.user_id.in_(user_ids), _LIVE
-    )
-    wanted = {(s, u) for s, users in users_by_schedule.items() for u in users}
-    found = (await session.execute(stmt)).scalars().all()
-    return {(t.schedule_id, t.user_id): t for t in found if (t.schedule_id, t.user_id) in wanted}
-
-
 async def users_tokens(
     session: AsyncSession, pairs: Sequence[tuple[int, str]]
 ) -> dict[tuple[int, str], list[TokenRow]]:
