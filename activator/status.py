@@ -77,14 +77,9 @@ async def read_token_views(
     session: AsyncSession, tokens: Sequence[TokenRow], now: datetime
 ) -> dict[str, TokenView]:
     """Views of many tokens with one departed-range query per schedule, not one per token."""
+    positions = await repository.positions_in_line(session, tokens)
     views: dict[str, TokenView] = {}
-    by_schedule: dict[int, list[TokenRow]] = {}
     for token in tokens:
-        by_schedule.setdefault(token.schedule_id, []).append(token)
-    for schedule_id, members in by_schedule.items():
-        schedule = await repository.get_schedule(session, schedule_id)
-        head = schedule.head_seq if schedule else 0
-        positions = await repository.pending_positions(session, schedule_id, head, members)
-        for token in members:
-            views[token.token_id] = token_view(token, positions[token.token_id], schedule, now)
+        schedule = await repository.get_schedule(session, token.schedule_id)  # identity map
+        views[token.token_id] = token_view(token, positions[token.token_id], schedule, now)
     return views

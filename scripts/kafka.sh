@@ -47,25 +47,25 @@ use_node() {
   set_java_cmd
 }
 
-quorum() {
-  if [ "$nodes" = 1 ]; then
-    echo "controller.quorum.bootstrap.servers=127.0.0.1:$((base_port + 1))"
-    return
-  fi
-  local voters="" n
+# Every node's address, comma separated: brokers (offset 0) or controllers (offset 1),
+# the latter as KRaft voters ("N@host:port") when $2 is "voters".
+addresses() {
+  local offset="$1" voters="${2:-}" list="" n
   for n in $(seq 1 "$nodes"); do
-    voters="$voters${voters:+,}$n@127.0.0.1:$((base_port + 2 * (n - 1) + 1))"
+    list="$list${list:+,}${voters:+$n@}127.0.0.1:$((base_port + 2 * (n - 1) + offset))"
   done
-  echo "controller.quorum.voters=$voters"
+  echo "$list"
 }
 
-bootstrap() {
-  local servers="" n
-  for n in $(seq 1 "$nodes"); do
-    servers="$servers${servers:+,}127.0.0.1:$((base_port + 2 * (n - 1)))"
-  done
-  echo "$servers"
+quorum() {
+  if [ "$nodes" = 1 ]; then
+    echo "controller.quorum.bootstrap.servers=$(addresses 1)"
+  else
+    echo "controller.quorum.voters=$(addresses 1 voters)"
+  fi
 }
+
+bootstrap() { addresses 0; }
 
 fetch() {
   if [ -f "$libs/.complete" ]; then return 0; fi

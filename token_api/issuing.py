@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.errors import KafkaError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting.v1 import token_pb2
 from waiting_core import metrics, repository
@@ -35,7 +34,6 @@ from waiting_core.errors import Unavailable
 from waiting_core.events import Topics, create_token_record
 from waiting_core.identity import TokenIdSource
 from waiting_core.messages import token_to_proto, unplaced_token_to_proto
-from waiting_core.models import TokenRow
 from waiting_core.producer import LazyProducer
 from waiting_core.worker import BackgroundWorker
 
@@ -126,7 +124,7 @@ class IssueBatcher(BackgroundWorker):
         positions = {t.token_id: 0 for t in live.values()}
         if any(t.status == TokenStatus.PENDING for t in live.values()):  # returning waiters
             async with self._database.transaction(read_only=True) as session:
-                positions = await _positions(session, list(live.values()))
+                positions = await repository.positions_in_line(session, list(live.values()))
         now = utc_now()
         for pair in pairs:
             token = live.get(pair)
@@ -172,20 +170,6 @@ class IssueBatcher(BackgroundWorker):
             self._in_flight.release()
         metrics.TOKENS_ISSUED.inc(len(group.newcomers))
         _answer(group, returning_only=False)
-
-
-async def _positions(session: AsyncSession, tokens: list[TokenRow]) -> dict[str, int]:
-    """Positions of the returning callers' live tokens, one range query per schedule."""
-    positions = {t.token_id: 0 for t in tokens}
-    by_schedule: dict[int, list[TokenRow]] = {}
-    for token in tokens:
-        if token.status == TokenStatus.PENDING:
-            by_schedule.setdefault(token.schedule_id, []).append(token)
-    for schedule_id, members in by_schedule.items():
-        schedule = await repository.get_schedule(session, schedule_id)
-        head = schedule.head_seq if schedule is not None else 0
-        positions |= await repository.pending_positions(session, schedule_id, head, members)
-    return positions
 
 
 def _answer(group: _Group, *, returning_only: bool) -> None:

@@ -266,6 +266,23 @@ async def place_new_tokens(
     return placed
 
 
+async def positions_in_line(session: AsyncSession, tokens: Sequence[TokenRow]) -> dict[str, int]:
+    """Positions of many tokens (0 if not pending), one departed-range query per schedule.
+
+    Loads each schedule's row once; later ``get_schedule`` calls in the session hit the
+    identity map.
+    """
+    by_schedule: dict[int, list[TokenRow]] = {}
+    for token in tokens:
+        by_schedule.setdefault(token.schedule_id, []).append(token)
+    positions: dict[str, int] = {}
+    for schedule_id, members in by_schedule.items():
+        schedule = await get_schedule(session, schedule_id)
+        head = schedule.head_seq if schedule is not None else 0
+        positions |= await pending_positions(session, schedule_id, head, members)
+    return positions
+
+
 async def pending_positions(
     session: AsyncSession, schedule_id: int, head_seq: int, tokens: Sequence[TokenRow]
 ) -> dict[str, int]:
