@@ -19,6 +19,7 @@ from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.events import Topics, state_changed_rows
 from waiting_core.models import ScheduleRow, TokenRow
 from waiting_core.outbox import OutboxRelay, OutboxTransaction
+from waiting_core.signing_keys import SigningKeys
 
 # Schedules settled in one transaction: enough to share the commit, few enough that the
 # locks (on SQLite, the one write lock) are not held for long.
@@ -51,10 +52,12 @@ class Admitter:
         self,
         relay: OutboxRelay,
         topics: Topics,
+        keys: SigningKeys,
         on_change: Callable[[Settlement], None] | None = None,
     ) -> None:
         self._relay = relay
         self._topics = topics
+        self._keys = keys
         self._listeners: list[Callable[[Settlement], None]] = [on_change] if on_change else []
         self._due_watchers: list[Callable[[Settlement], None]] = []
 
@@ -85,8 +88,9 @@ class Admitter:
         from the log, each schedule's in log order) at the end of their lines, dropping any
         already placed or whose user holds a live token (I5). Then, in one statement each,
         it expires the ACTIVE tokens past their TTL, drops the abandoned PENDING ones,
-        admits the oldest PENDING tokens up to each schedule's free slots (and rate), and
-        reads the deadlines that plan each schedule's next due moment.
+        admits the oldest PENDING tokens up to each schedule's free slots (and rate), mints
+        the admitted tokens' passes, and reads the deadlines that plan each schedule's next
+        due moment.
 
         Running it twice, or from two activators at once, admits nobody twice and never
         exceeds capacity (I1, I4): the row locks serialise the counts and the updates, and
@@ -115,7 +119,11 @@ class Admitter:
         expired = _by_schedule(await repository.expire_due_active(session, due, now))
         abandoned = _by_schedule(await repository.abandon_stale_pending(session, due, now))
         limits = {schedule: _admissions_now(schedule, now) for schedule in schedules}
-        admitted = _by_schedule(await repository.admit_oldest(session, limits, now))
+        admitted_rows = await repository.admit_oldest(session, limits, now)
+        if admitted_rows:
+            signer = await self._keys.signer(session)
+            await repository.record_admission_passes(session, admitted_rows, signer)
+        admitted = _by_schedule(admitted_rows)
         for schedule in schedules:
             _record_admissions(schedule, len(admitted[schedule.schedule_id]), now)
         deadlines = await repository.earliest_deadlines(session, schedules)

@@ -18,6 +18,7 @@ from waiting_core.health import KafkaCheck, database_check
 from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
+from waiting_core.signing_keys import SigningKeys, key_config
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class Activator(serving.GrpcService):
         self.seen = SeenTokens(self.database)
         self.ids = TokenIdSource(self.database)
         self.hub = WatchHub(self.read_database, self.seen, self.ids)
-        self.admitter = Admitter(self.relay, topics)
+        self.keys = SigningKeys(self.database, key_config(settings))
+        self.admitter = Admitter(self.relay, topics, self.keys)
         self.admitter.subscribe(self.hub.on_settlement)
         self.admitter.subscribe(record_metrics)
         self.consumer = AdmissionConsumer(settings, self.admitter, topics)
@@ -89,6 +91,7 @@ class Activator(serving.GrpcService):
             port=settings.port,
             metrics_port=settings.metrics_port,
             grace_seconds=settings.shutdown_grace_seconds,
+            keys=self.keys,
         )
 
 

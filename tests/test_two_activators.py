@@ -17,6 +17,7 @@ from waiting_core.domain import TokenStatus
 from waiting_core.events import Topics
 from waiting_core.models import TokenRow
 from waiting_core.outbox import OutboxRelay
+from waiting_core.signing_keys import SigningKeys, key_config
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ async def test_concurrent_admissions_on_one_schedule_respect_capacity(
         relay = OutboxRelay(  # never started: the system's relay publishes what it commits
             database, settings.kafka_bootstrap, topics=topics, partitions=settings.topic_partitions
         )
-        admitter = Admitter(relay, topics)
+        admitter = Admitter(relay, topics, SigningKeys(database, key_config(settings)))
         admitted = await asyncio.gather(*(admitter.admit(schedule_id) for _ in range(10)))
 
     assert sum(admitted) <= 12

@@ -1,6 +1,8 @@
-"""The admin ScheduleService servicer: schedule settings in and out."""
+"""The admin ScheduleService servicer: schedule settings in and out, and key rotation."""
 
 from __future__ import annotations
+
+import logging
 
 from token_api.service import Context
 from waiting.v1 import schedule_service_pb2 as pb
@@ -9,15 +11,21 @@ from waiting_core import domain, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import InvalidArgument
-from waiting_core.events import Topics, slots_freed_row
+from waiting_core.events import Topics, slots_freed_row, timestamp
 from waiting_core.messages import schedule_to_proto, schedule_update_from_proto
 from waiting_core.outbox import OutboxRelay
+from waiting_core.signing_keys import SigningKeys
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
     """Reads and updates schedule settings. Raising capacity admits waiting tokens at once."""
 
-    def __init__(self, database: Database, relay: OutboxRelay, topics: Topics) -> None:
+    def __init__(
+        self, database: Database, relay: OutboxRelay, topics: Topics, keys: SigningKeys
+    ) -> None:
+        self._keys = keys
         self._database = database
         self._relay = relay
         self._topics = topics
@@ -43,4 +51,15 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
             row = await repository.get_schedule(session, schedule_id)
         return pb.GetScheduleResponse(
             schedule=schedule_to_proto(repository.settings_of(row, schedule_id))
+        )
+
+    async def RotateSigningKey(
+        self, request: pb.RotateSigningKeyRequest, context: Context
+    ) -> pb.RotateSigningKeyResponse:
+        key = await self._keys.rotate()
+        log.info(
+            "signing key %s (%s) made; it signs from %s", key.kid, key.algorithm, key.signs_from
+        )
+        return pb.RotateSigningKeyResponse(
+            kid=key.kid, algorithm=key.algorithm, signs_from=timestamp(key.signs_from)
         )

@@ -24,6 +24,7 @@ from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
 from waiting_core.producer import LazyProducer
 from waiting_core.seen import SeenTokens
+from waiting_core.signing_keys import SigningKeys, key_config
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TokenApi(serving.GrpcService):
             partitions=settings.topic_partitions,
         )
         self.ids = TokenIdSource(self.database)
+        self.keys = SigningKeys(self.database, key_config(settings))
         producer = LazyProducer(
             settings.kafka_bootstrap,
             topics,
@@ -77,11 +79,12 @@ class TokenApi(serving.GrpcService):
                 self.releaser,
                 self.ids,
                 settings.issue_timeout_seconds,
+                self.keys,
             ),
             server,
         )
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
-            ScheduleService(self.database, self.relay, topics), server
+            ScheduleService(self.database, self.relay, topics, self.keys), server
         )
         super().__init__(
             "token_api",
@@ -94,6 +97,7 @@ class TokenApi(serving.GrpcService):
             port=settings.port,
             metrics_port=settings.metrics_port,
             grace_seconds=settings.shutdown_grace_seconds,
+            keys=self.keys,
         )
 
 

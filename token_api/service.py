@@ -21,6 +21,7 @@ from waiting_core.messages import token_to_proto
 from waiting_core.models import TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
+from waiting_core.signing_keys import SigningKeys
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -43,7 +44,9 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         releaser: ReleaseBatcher,
         ids: TokenIdSource,
         issue_timeout: float,
+        keys: SigningKeys,
     ) -> None:
+        self._keys = keys
         self._releaser = releaser
         self._ids = ids
         self._issue_timeout = issue_timeout
@@ -121,3 +124,8 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
                     raise
                 await asyncio.sleep(wait)  # issued a moment ago: the activator places it soon
         raise Unavailable("token_id: the token was just issued and is not in line yet; retry")
+
+    async def GetSigningKeys(
+        self, request: pb.GetSigningKeysRequest, context: Context
+    ) -> pb.GetSigningKeysResponse:
+        return pb.GetSigningKeysResponse(jwks_json=await self._keys.jwks())

@@ -128,6 +128,7 @@ def state_changed_rows(
                 to_status=status_to_proto(to_status),
                 at=stamp,
                 event_id=f"{token.token_id}:{to_status.value}",
+                expires_at=timestamp(token.expires_at) if token.expires_at else None,
             ),
             at,
             topics.origin,

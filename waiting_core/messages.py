@@ -45,6 +45,7 @@ def token_to_proto(row: TokenRow, position: int) -> token_pb2.Token:
         activated_at=_timestamp(row.activated_at),
         expires_at=_timestamp(row.expires_at),
         position_known=True,
+        admission_pass=(row.admission_pass or "") if row.status == TokenStatus.ACTIVE else "",
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -93,12 +93,6 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 LIVE_LINES = LiveLines()
 REGISTRY.register(LIVE_LINES)
-
-
-def serve_metrics(host: str, port: int) -> None:
-    """Serve /metrics on ``host:port`` in a background thread; port 0 means off."""
-    if port:
-        start_http_server(port, addr=host)
 
 
 def _code_of(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     text,
@@ -140,6 +141,8 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The signed admission pass (a compact JWS), minted once when the token became ACTIVE.
+    admission_pass: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (
         UniqueConstraint("schedule_id", "seq", name="uq_tokens_schedule_seq"),
@@ -212,3 +215,19 @@ class ServiceSecretRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SigningKeyRow(Base):
+    """A key that signs admission passes (see waiting_core.passes for its life)."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    public_jwk: Mapped[str] = mapped_column(Text)
+    # PKCS#8 PEM; None when the key lives in SIGNING_KEY_DIR instead.
+    private_pem: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    signs_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The latest exp of the passes it signed, raised in the transaction that mints them.
+    passes_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

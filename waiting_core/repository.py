@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     func,
     insert,
     literal,
@@ -36,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from waiting_core import domain
 from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
@@ -44,6 +46,7 @@ from waiting_core.models import (
     OutboxRow,
     ScheduleRow,
     ServiceSecretRow,
+    SigningKeyRow,
     TokenRow,
     UTCDateTime,
     departed_predicate,
@@ -691,3 +694,56 @@ async def shared_secret(session: AsyncSession, name: str, fresh: bytes) -> bytes
     )
     stmt = select(ServiceSecretRow.value).where(ServiceSecretRow.name == name)
     return (await session.execute(stmt)).scalar_one()
+
+
+async def signing_keys(session: AsyncSession) -> list[SigningKeyRow]:
+    """Every admission-pass signing key, oldest first."""
+    stmt = select(SigningKeyRow).order_by(SigningKeyRow.signs_from, SigningKeyRow.kid)
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def add_signing_key(session: AsyncSession, key: SigningKeyRow) -> None:
+    """Store a new signing key."""
+    session.add(key)
+    await session.flush()
+
+
+async def drop_signing_keys(session: AsyncSession, kids: Sequence[str]) -> None:
+    """Forget keys that left the JWK Set for good."""
+    if kids:
+        await session.execute(delete(SigningKeyRow).where(SigningKeyRow.kid.in_(kids)))
+
+
+class PassSigner(Protocol):
+    """Mints admission passes with one key (``signing_keys.Signer``)."""
+
+    @property
+    def kid(self) -> str:
+        """The signing key's id."""
+
+    def mint(self, token: TokenRow) -> str:
+        """The pass of an ACTIVE token."""
+
+
+async def record_admission_passes(
+    session: AsyncSession, tokens: Sequence[TokenRow], signer: PassSigner
+) -> None:
+    """Mint and store the pass of each newly ACTIVE token (one executemany), and keep the
+    signing key published until the last of them expires (only ever later)."""
+    minted = {token.token_id: signer.mint(token) for token in tokens}
+    table = TokenRow.__table__
+    await session.execute(
+        update(table)  # type: ignore[arg-type]
+        .where(table.c.token_id == bindparam("b_token_id"))
+        .values(admission_pass=bindparam("b_pass")),
+        [{"b_token_id": token_id, "b_pass": value} for token_id, value in minted.items()],
+    )
+    for token in tokens:
+        set_committed_value(token, "admission_pass", minted[token.token_id])
+    last_exp = max(token.expires_at for token in tokens if token.expires_at is not None)
+    until = SigningKeyRow.passes_until
+    await session.execute(
+        update(SigningKeyRow)
+        .where(SigningKeyRow.kid == signer.kid, or_(until.is_(None), until < last_exp))
+        .values(passes_until=last_exp)
+    )

@@ -15,8 +15,10 @@ from grpc_reflection.v1alpha import reflection
 
 from waiting_core.grpc_errors import ErrorMappingInterceptor
 from waiting_core.health import Check, HealthReporter, set_health
+from waiting_core.http_port import HttpPort
 from waiting_core.logs import RequestIdInterceptor
-from waiting_core.metrics import MetricsInterceptor, serve_metrics
+from waiting_core.metrics import MetricsInterceptor
+from waiting_core.signing_keys import SigningKeys
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class GrpcService:
         port: int,
         metrics_port: int,
         grace_seconds: float,
+        keys: SigningKeys | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -113,7 +116,12 @@ class GrpcService:
         self._components = components
         self._host = host
         self._address = f"{host}:{port}"
-        self._metrics_port = metrics_port
+        self.http = HttpPort(
+            host,
+            metrics_port,
+            keys.jwks if keys is not None else None,
+            keys.config.jwks_max_age_seconds if keys is not None else 0,
+        )
         self._grace = grace_seconds
         self._started = False
 
@@ -127,7 +135,7 @@ class GrpcService:
         self.port = self.server.add_insecure_port(self._address)
         await set_health(self.health, self.service_names, serving=False)
         await self.server.start()
-        serve_metrics(self._host, self._metrics_port)
+        await self.http.start()
         await self.readiness.start()
         log.info("%s serving on %s (port %d)", self.name, self._address, self.port)
 
@@ -139,6 +147,7 @@ class GrpcService:
         await self.readiness.stop()
         await set_health(self.health, self.service_names, serving=False)
         await self.server.stop(self._grace)
+        await self.http.stop()
         for component in reversed(self._components):
             await component.stop()
         log.info("%s stopped", self.name)

@@ -73,6 +73,11 @@ def log_format(value: Any) -> str | None:
     return None if value in ("text", "json") else "must be text or json"
 
 
+def pass_algorithm(value: Any) -> str | None:
+    """A check: a JWS algorithm admission passes can be signed with."""
+    return None if value in ("ES256", "EdDSA", "RS256") else "must be ES256, EdDSA or RS256"
+
+
 def _parse(raw: str, kind: Any) -> Any:
     if kind is bool:
         lowered = raw.strip().lower()
@@ -167,4 +172,32 @@ class CommonSettings:
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", log_level)
     log_format: str = setting(
         "LOG_FORMAT", "text", "text, or json for one JSON object a line", log_format
+    )
+    pass_algorithm: str = setting(
+        "PASS_ALGORITHM",
+        "ES256",
+        "JWS algorithm of new admission-pass signing keys: ES256, EdDSA or RS256",
+        pass_algorithm,
+    )
+    pass_issuer: str = setting("PASS_ISSUER", "waiting-room", "the iss claim of admission passes")
+    pass_audience: str = setting(
+        "PASS_AUDIENCE", "seat-service", "the aud claim of admission passes"
+    )
+    signing_key_dir: str = setting(
+        "SIGNING_KEY_DIR",
+        "",
+        "directory every service mounts that holds the private signing keys (<kid>.pem); "
+        "empty keeps them in the database",
+    )
+    signing_key_prepublish_seconds: float = setting(
+        "SIGNING_KEY_PREPUBLISH_SECONDS",
+        60.0,
+        "how long a rotated-in key is in the JWK Set before it signs (at least JWKS_MAX_AGE)",
+        non_negative,
+    )
+    jwks_max_age_seconds: int = setting(
+        "JWKS_MAX_AGE_SECONDS",
+        60,
+        "Cache-Control max-age of /.well-known/jwks.json",
+        non_negative,
     )
