@@ -14,22 +14,13 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from activator.server import Activator
 from tests.helpers import (
     System,
-    admin_channel,
     create_postgres_database,
+    running_system,
     settings_for,
-    wait_assigned,
-)
-from token_api.server import TokenApi
-from waiting.v1 import (
-    queue_status_service_pb2_grpc,
-    schedule_service_pb2_grpc,
-    token_service_pb2_grpc,
 )
 from waiting_core import migrate
 
@@ -108,21 +99,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 async def system(database_url: str, kafka_bootstrap: str) -> AsyncIterator[System]:
     """token_api and one activator on the session's database and broker."""
     token_settings, activator_settings = settings_for(database_url, kafka_bootstrap)
-    async with TokenApi(token_settings) as token_api, Activator(activator_settings) as activator:
-        await wait_assigned(activator)
-        async with (
-            admin_channel(f"127.0.0.1:{token_api.port}") as token_channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{activator.port}") as activator_channel,
-        ):
-            yield System(
-                token_api=token_api,
-                activator=activator,
-                token_api_settings=token_settings,
-                activator_settings=activator_settings,
-                tokens=token_service_pb2_grpc.TokenServiceStub(token_channel),
-                schedules=schedule_service_pb2_grpc.ScheduleServiceStub(token_channel),
-                queue=queue_status_service_pb2_grpc.QueueStatusServiceStub(activator_channel),
-            )
+    async with running_system(token_settings, activator_settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def fresh_database(
+    request: pytest.FixtureRequest, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[], str]:
+    """Makes another freshly migrated database of the session's backend, for a test that
+    needs a store nobody else writes to (call it off the event loop: it migrates)."""
+
+    def make() -> str:
+        if database_url.startswith("sqlite"):
+            path = tmp_path_factory.mktemp("sqlite") / "fresh.sqlite3"
+            url = f"sqlite+aiosqlite:///{path}"
+        else:
+            url = create_postgres_database(request.getfixturevalue("postgres_server"))
+        migrate.upgrade(url)
+        return url
+
+    return make
 
 
 _schedule_ids = itertools.count(secrets.randbelow(10**9) * 1000 + 1)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -109,6 +110,28 @@ def settings_for(
         **common, host="127.0.0.1", port=0, group_id=f"token-activate-{suffix}", metrics_port=0
     )
     return token_api, activator
+
+
+@contextlib.asynccontextmanager
+async def running_system(
+    token_settings: TokenApiSettings, activator_settings: ActivatorSettings
+) -> AsyncIterator[System]:
+    """token_api and one activator with these settings, started, with stubs on channels."""
+    async with TokenApi(token_settings) as token_api, Activator(activator_settings) as activator:
+        await wait_assigned(activator)
+        async with (
+            admin_channel(f"127.0.0.1:{token_api.port}") as token_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{activator.port}") as activator_channel,
+        ):
+            yield System(
+                token_api=token_api,
+                activator=activator,
+                token_api_settings=token_settings,
+                activator_settings=activator_settings,
+                tokens=token_service_pb2_grpc.TokenServiceStub(token_channel),
+                schedules=schedule_service_pb2_grpc.ScheduleServiceStub(token_channel),
+                queue=queue_status_service_pb2_grpc.QueueStatusServiceStub(activator_channel),
+            )
 
 
 async def wait_assigned(activator: Activator, timeout: float = 60.0) -> None:
