@@ -4,7 +4,8 @@ same run on the same machine.
 For each database (SQLite, PostgreSQL) it starts token_api and an activator as processes and
 measures: the echo ceiling, the Kafka round-trip floor, IssueToken throughput and latency at a
 few concurrency levels, issue-to-ACTIVE latency at a steady rate, the drain of 1,000 freed
-slots, GetTokenStatus latency with a long line (100k quick, 1M with --full), and peak RSS.
+slots, GetTokenStatus latency with a long line (100k quick, 1M with --full), TokenGate's
+offline pass check against the ValidateToken RPC, and peak RSS.
 It writes bench/results.json and bench/latency.png and prints a table with ratios against
 the targets. It never fails on a missed target: it reports.
 """
@@ -51,6 +52,7 @@ from waiting.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
+from waiting_client import GrpcJwks, KeySet, PassVerifier
 from waiting_core.bulk import load_held_lines, load_pending
 from waiting_core.database import Database
 from waiting_core.models import TokenRow
@@ -59,7 +61,7 @@ OUT = ROOT / "bench"
 ADMIN = "bench-admin"
 AUTH = (("authorization", f"Bearer {ADMIN}"),)
 RUSH_CONCURRENCY = 32
-SECTIONS = ("issue", "release", "to_active", "drain", "status", "many")
+SECTIONS = ("issue", "release", "to_active", "drain", "status", "gate", "many")
 TARGETS = {
     "issue_rps_ratio": ("IssueToken rps / echo rps, c=32", ">=", 0.6),
     "issue_p99_ms": ("IssueToken p99 (ms), c=32", "<=", 25.0),
@@ -67,6 +69,9 @@ TARGETS = {
     "complete_p50_ms": ("CompleteToken p50 (ms), c=32", "<=", float("inf")),
     "complete_p99_ms": ("CompleteToken p99 (ms), c=32", "<=", float("inf")),
     "complete_p99_over_echo": ("CompleteToken p99 / echo p99, c=32", "<=", 2.0),
+    "gate_verify_us": ("TokenGate offline pass check (us/call)", "<=", float("inf")),
+    "validate_p50_ms": ("ValidateToken RPC p50 (ms), c=32", "<=", float("inf")),
+    "validate_p99_ms": ("ValidateToken RPC p99 (ms), c=32", "<=", float("inf")),
     "to_active_p50_ms": ("issue->ACTIVE p50 (ms)", "<=", 10.0),
     "to_active_p99_ms": ("issue->ACTIVE p99 (ms)", "<=", 50.0),
     "drain_ms": ("1,000 freed slots refilled (ms)", "<=", 200.0),
@@ -267,6 +272,8 @@ class Bench:
                     await self._drain(tokens, schedules, db)
                 if "status" in sections:
                     await self._status(queue, schedules, db)
+                if "gate" in sections:
+                    await self._gate(tokens, schedules, token_channel)
                 if "many" in sections:
                     await self._many_schedules(tokens, queue, db)
                 self.results["peak_rss_mb"] = {k: round(v, 1) for k, v in rss.peak_mb.items()}
@@ -347,6 +354,69 @@ class Bench:
             "cpu_ms_per_call": cpu.per_call_ms(len(run.latencies_ms)),
         }
         self.cdfs[f"CompleteToken c={concurrency}"] = run.latencies_ms
+
+    async def _gate(
+        self,
+        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
+        channel: grpc.aio.Channel,
+    ) -> None:
+        """What a reservation service pays per request to check a holder: TokenGate's
+        offline pass check (signature, claims) against the ValidateToken RPC at c=32."""
+        holders = 32
+        schedule_id = random.randrange(10**9)
+        await self._set_capacity(schedules, schedule_id, holders)
+        issued = [
+            (
+                await tokens.IssueToken(
+                    token_service_pb2.IssueTokenRequest(
+                        user_id=f"gate-{i}", schedule_id=schedule_id
+                    ),
+                    timeout=10,
+                )
+            ).token.token_id
+            for i in range(holders)
+        ]
+        held = [await self._admission_pass(tokens, token_id) for token_id in issued]
+        verifier = PassVerifier(KeySet(GrpcJwks(channel)))
+        await verifier.start()
+        timings = []
+        for i in range(5000):
+            started = time.perf_counter()
+            await verifier.verify(held[i % holders], schedule_id)
+            timings.append((time.perf_counter() - started) * 1e6)
+
+        async def validate(i: int) -> Any:
+            request = token_service_pb2.ValidateTokenRequest(
+                token_id=issued[i % holders], schedule_id=schedule_id
+            )
+            return await tokens.ValidateToken(request, timeout=10)
+
+        run = await closed_loop(validate, RUSH_CONCURRENCY, min(self.args.seconds, 5.0))
+        self.results["gate"] = {
+            "verify_us": {
+                "mean": round(sum(timings) / len(timings), 1),
+                "p50": round(pct(timings, 0.5), 1),
+                "p99": round(pct(timings, 0.99), 1),
+            },
+            "algorithm": "ES256",
+            "validate_rpc": run.summary(),
+        }
+
+    @staticmethod
+    async def _admission_pass(
+        tokens: token_service_pb2_grpc.TokenServiceAsyncStub, token_id: str
+    ) -> str:
+        for _ in range(600):
+            token = (
+                await tokens.GetToken(
+                    token_service_pb2.GetTokenRequest(token_id=token_id), timeout=10
+                )
+            ).token
+            if token.admission_pass:
+                return token.admission_pass
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"token {token_id} was not admitted")
 
     async def _issue_to_active(
         self,
@@ -677,6 +747,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         figures["drain_ms"] = results["drain"]["ms_by_database_clock"]
     if "status" in results:
         figures["status_p99_ms"] = results["status"]["p99_ms"]
+    if "gate" in results:
+        figures["gate_verify_us"] = results["gate"]["verify_us"]["mean"]
+        figures["validate_p50_ms"] = results["gate"]["validate_rpc"]["p50_ms"]
+        figures["validate_p99_ms"] = results["gate"]["validate_rpc"]["p99_ms"]
     figures["activator_rss_mb"] = results["peak_rss_mb"]["activator"]
     return {**figures, **_many_schedule_figures(results.get("many_schedules"))}
 

@@ -8,6 +8,7 @@ probes both services with grpc-health-probe, checks that every listener of the s
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -32,12 +33,12 @@ def expect(condition: bool, what: object) -> None:
 
 
 def readme_grpcurl_lines() -> list[str]:
-    """The grpcurl lines of the README's smoke block."""
+    """The grpcurl and curl lines of the README's smoke block."""
     text = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- smoke:.*?-->\s*```sh\n(.*?)```", text, re.S)
     if block is None:
         sys.exit("smoke: no <!-- smoke --> block in README.md")
-    return [line for line in block.group(1).splitlines() if line.startswith("grpcurl ")]
+    return [line for line in block.group(1).splitlines() if line.startswith(("grpcurl ", "curl "))]
 
 
 def run(line: str) -> str:
@@ -58,17 +59,27 @@ def check_lines(lines: list[str]) -> None:
     expect(issued["status"] in ("TOKEN_STATUS_PENDING", "TOKEN_STATUS_ACTIVE"), issued)
     deadline = time.monotonic() + 1.0
     while True:
-        status = json.loads(run(lines[1]))["token"]["status"]
+        token = json.loads(run(lines[1]))["token"]
+        status = token["status"]
         if status == "TOKEN_STATUS_ACTIVE" or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     expect(status == "TOKEN_STATUS_ACTIVE", f"not ACTIVE within a second: {status}")
+    admission_pass = token.get("admission_pass", "")
+    expect(admission_pass.count(".") == 2, f"no admission pass: {token}")
     queue = json.loads(run(lines[2]))
     expect(int(queue["capacity"]) >= 1 and int(queue.get("active_count", 0)) >= 1, queue)
     schedule = json.loads(run(lines[3]))["schedule"]
     expect(int(schedule["capacity"]) == 10, schedule)
     listing = run(lines[4])
     expect("waiting.v1.TokenService" in listing and "grpc.health.v1.Health" in listing, "")
+    kids = {key["kid"] for key in json.loads(run(lines[5]))["keys"]}
+    expect(_kid(admission_pass) in kids, f"the pass's key is not in the JWK Set {kids}")
+
+
+def _kid(admission_pass: str) -> str:
+    header = admission_pass.split(".")[0]
+    return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
 
 
 def check_loopback_only() -> None:
