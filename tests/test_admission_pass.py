@@ -29,7 +29,13 @@ from tests.helpers import (
     read_topic,
     token_status,
 )
-from waiting.v1 import events_pb2, token_pb2, token_service_pb2, token_service_pb2_grpc
+from waiting.v1 import (
+    events_pb2,
+    queue_status_service_pb2,
+    token_pb2,
+    token_service_pb2,
+    token_service_pb2_grpc,
+)
 from waiting_client import (
     SCHEDULE_HEADER,
     GrpcJwks,
@@ -197,6 +203,30 @@ async def test_an_admitted_token_carries_one_pass_that_every_read_returns(
     assert claims["sch"] == schedule_id
     assert claims["exp"] == holder.expires_at.seconds
     assert claims["iat"] == claims["nbf"] == holder.activated_at.seconds
+
+
+async def test_a_watch_gets_the_pass_at_admission(system: System, schedule_id: int) -> None:
+    await configure(system, schedule_id, capacity=1)
+    holder = await active_pass(system, "holder", schedule_id)
+    waiter = await issue(system, "waiter", schedule_id)
+    stream = system.queue.WatchToken(
+        queue_status_service_pb2.WatchTokenRequest(token_id=waiter.token_id), timeout=RPC_TIMEOUT
+    )
+    views = []
+    async for reply in stream:
+        views.append(reply.token)
+        if len(views) == 1:  # the first view is the current one: PENDING
+            await system.tokens.CompleteToken(
+                token_service_pb2.CompleteTokenRequest(token_id=holder.token_id),
+                timeout=RPC_TIMEOUT,
+            )
+        if reply.token.status == token_pb2.TOKEN_STATUS_ACTIVE:
+            break
+    stream.cancel()
+
+    assert all(v.admission_pass == "" for v in views[:-1])
+    assert views[-1].admission_pass
+    assert views[-1].admission_pass == (await token_status(system, waiter.token_id)).admission_pass
 
 
 async def test_the_gate_admits_a_good_pass_with_no_call_per_request(

@@ -15,7 +15,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,7 +48,7 @@ class NewKey:
 
     kid: str
     algorithm: str
-    private_pem: bytes
+    private_pem: bytes = field(repr=False)
     public_jwk: dict[str, Any]
 
 
