@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import stat
@@ -21,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jwt
 import pytest
 
@@ -36,7 +38,12 @@ from tests.helpers import (
     token_status,
 )
 from tools.system import free_port
-from waiting.v1 import schedule_service_pb2, token_pb2, token_service_pb2
+from waiting.v1 import (
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+    token_pb2,
+    token_service_pb2,
+)
 from waiting_client import HttpJwks, KeySet, PassRejected, PassVerifier
 from waiting_core import passes, repository
 from waiting_core.clock import utc_now
@@ -324,3 +331,30 @@ async def test_a_key_directory_keeps_private_keys_out_of_the_database(
                 database, KeyConfig(key_dir=str(key_dir), prepublish_seconds=0)
             )
             assert (await keys_after.signer(session)).kid == rotated.kid
+
+
+async def test_rotation_needs_the_admin_credential(keyed: KeyedSystem) -> None:
+    address = keyed.system.token_api_address
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = schedule_service_pb2_grpc.ScheduleServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RotateSigningKey(
+                schedule_service_pb2.RotateSigningKeyRequest(), timeout=RPC_TIMEOUT
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_private_keys_never_reach_a_log_line(
+    keyed: KeyedSystem, caplog: pytest.LogCaptureFixture, schedule_id: int
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await _rotate(keyed.system)
+    await _active(keyed.system, "logged", schedule_id)
+    database = keyed.system.token_api.database
+    async with database.transaction(read_only=True) as session:
+        pems = [row.private_pem for row in await repository.signing_keys(session)]
+    assert "PRIVATE KEY" not in caplog.text
+    for pem in pems:
+        assert pem is not None
+        body = b"".join(pem.splitlines()[1:-1]).decode()
+        assert body[:40] not in caplog.text
