@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from waiting_core import domain, metrics, repository
+from waiting_core import domain, metrics, prequeue, repository
 from waiting_core.clock import utc_now
 from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.events import Topics, state_changed_rows
@@ -35,6 +35,8 @@ class Settlement:
     admitted: Sequence[TokenRow] = field(default_factory=tuple)
     expired: Sequence[TokenRow] = field(default_factory=tuple)
     abandoned: Sequence[TokenRow] = field(default_factory=tuple)
+    # How many tokens the pre-queue's draw put in line (None: no draw in this settle).
+    drawn: int | None = None
     active_count: int = 0
     pending_count: int = 0
     next_due_at: datetime | None = None
@@ -42,7 +44,8 @@ class Settlement:
     @property
     def changed(self) -> bool:
         """Whether any token was placed in line or changed state."""
-        return bool(self.placed or self.admitted or self.expired or self.abandoned)
+        changed = self.placed or self.admitted or self.expired or self.abandoned
+        return bool(changed) or self.drawn is not None
 
 
 class Admitter:
@@ -92,6 +95,11 @@ class Admitter:
         the admitted tokens' passes, and reads the deadlines that plan each schedule's next
         due moment.
 
+        A schedule whose ``opens_at`` has come and that was not drawn yet has its pre-queue
+        put in line first (``repository.draw_line``), in the same transaction, so the draw
+        happens once whatever runs it, and a crash mid-draw leaves nothing behind. Before
+        ``opens_at`` nobody is admitted.
+
         Running it twice, or from two activators at once, admits nobody twice and never
         exceeds capacity (I1, I4): the row locks serialise the counts and the updates, and
         only PENDING rows can become ACTIVE. Admission takes the oldest first (I2).
@@ -114,6 +122,12 @@ class Admitter:
         schedules = await repository.lock_schedules(session, schedule_ids)
         now = utc_now()  # under the locks, so activation times follow admission order
         placed = _by_schedule_id(await repository.place_new_tokens(session, schedules, newcomers))
+        # A sale whose opening came puts its pre-queue in line first, once (drawn_at).
+        drawn = {
+            schedule.schedule_id: await repository.draw_line(session, schedule, now)
+            for schedule in schedules
+            if _draw_due(schedule, now)
+        }
         # Only a schedule whose next due moment has come can have tokens to expire or drop.
         due = [s for s in schedules if s.next_due_at is not None and s.next_due_at <= now]
         expired = _by_schedule(await repository.expire_due_active(session, due, now))
@@ -149,6 +163,7 @@ class Admitter:
                 admitted[schedule.schedule_id],
                 expired[schedule.schedule_id],
                 abandoned[schedule.schedule_id],
+                drawn=drawn.get(schedule.schedule_id),
                 active_count=schedule.active_count,
                 pending_count=schedule.pending_count,
                 next_due_at=schedule.next_due_at,
@@ -178,7 +193,14 @@ def record_metrics(settlement: Settlement) -> None:
             metrics.ISSUE_TO_ADMIT.observe((token.activated_at - token.issued_at).total_seconds())
 
 
+def _draw_due(schedule: ScheduleRow, now: datetime) -> bool:
+    opening = schedule.opens_at
+    return opening is not None and opening <= now and schedule.drawn_at is None
+
+
 def _admissions_now(schedule: ScheduleRow, now: datetime) -> int:
+    if prequeue.in_prequeue(schedule.opens_at, now):
+        return 0  # nobody before the sale opens
     free = domain.free_slots(schedule.capacity, schedule.active_count)
     if free == 0 or schedule.pending_count <= 0:
         return 0
@@ -200,6 +222,7 @@ def _next_due(
             deadlines.earliest_seen, schedule.pending_ttl_seconds, schedule.abandonment_since
         ),
         _next_rate_admission(schedule, now),
+        schedule.opens_at if prequeue.in_prequeue(schedule.opens_at, now) else None,
     )
 
 

@@ -14,6 +14,7 @@ from waiting_core import domain, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import TokenNotFound
+from waiting_core.events import timestamp
 from waiting_core.identity import TokenIdSource
 from waiting_core.seen import SeenTokens
 
@@ -44,6 +45,7 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
             pending_count=view.pending_count,
             estimated_wait_seconds=view.newcomer_wait.seconds,
             estimate_known=view.newcomer_wait.known,
+            opens_at=timestamp(view.opens_at) if view.opens_at else None,
         )
 
     async def GetTokenStatus(
@@ -65,6 +67,8 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
             token=view.token,
             estimated_wait_seconds=view.wait.seconds,
             estimate_known=view.wait.known,
+            in_prequeue=view.opens_at is not None,
+            opens_at=timestamp(view.opens_at) if view.opens_at else None,
         )
 
     async def WatchToken(
@@ -76,4 +80,6 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
                 token=view.token,
                 estimated_wait_seconds=view.wait.seconds,
                 estimate_known=view.wait.known,
+                in_prequeue=view.opens_at is not None,
+                opens_at=timestamp(view.opens_at) if view.opens_at else None,
             )

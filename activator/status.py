@@ -9,10 +9,11 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from waiting.v1 import token_pb2
-from waiting_core import domain, repository
+from waiting_core import domain, prequeue, repository
 from waiting_core.domain import TokenStatus, WaitEstimate
 from waiting_core.messages import token_to_proto
 from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.prequeue import PrequeueOrder
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,8 @@ class TokenView:
 
     token: token_pb2.Token
     wait: WaitEstimate
+    # While the sale has not opened: when it opens (the token waits in the pre-queue).
+    opens_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,7 @@ class QueueView:
     active_count: int
     pending_count: int
     newcomer_wait: WaitEstimate
+    opens_at: datetime | None = None
 
 
 def current_rate(schedule: ScheduleRow | None, now: datetime) -> float:
@@ -48,7 +52,14 @@ def current_rate(schedule: ScheduleRow | None, now: datetime) -> float:
 def token_view(
     token: TokenRow, position: int, schedule: ScheduleRow | None, now: datetime
 ) -> TokenView:
-    """The view of a token whose position is known."""
+    """The view of a token whose position is known. In a pre-queue its wait is unknown,
+    and so is its place unless the cohort keeps issue order (FIFO)."""
+    waiting = token.status == TokenStatus.PENDING
+    if waiting and schedule is not None and prequeue.in_prequeue(schedule.opens_at, now):
+        if schedule.prequeue_order != PrequeueOrder.FIFO:
+            position = 0
+        view = token_to_proto(token, position)
+        return TokenView(view, WaitEstimate(0, False), schedule.opens_at)
     wait = (
         domain.estimate_wait(position, current_rate(schedule, now))
         if token.status == TokenStatus.PENDING
@@ -65,11 +76,15 @@ async def read_queue_view(session: AsyncSession, schedule_id: int, now: datetime
     pending = row.pending_count if row else 0
     free = domain.free_slots(settings.capacity, active)
     ahead = max(0, pending + 1 - free)
+    opening = settings.opens_at if prequeue.in_prequeue(settings.opens_at, now) else None
     return QueueView(
         capacity=settings.capacity,
         active_count=active,
         pending_count=pending,
-        newcomer_wait=domain.estimate_wait(ahead, current_rate(row, now)),
+        newcomer_wait=domain.estimate_wait(ahead, current_rate(row, now))
+        if opening is None
+        else WaitEstimate(0, False),
+        opens_at=opening,
     )
 
 

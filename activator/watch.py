@@ -184,5 +184,6 @@ class WatchHub(BackgroundWorker):
 
     def _offer(self, token_id: str, view: TokenView, status: TokenStatus) -> None:
         for watcher in self._watchers.get(token_id, ()):
-            if watcher.status != status or watcher.latest.token != view.token:
+            shown = (watcher.latest.token, watcher.latest.opens_at)
+            if watcher.status != status or shown != (view.token, view.opens_at):
                 watcher.offer(view, status)

@@ -203,7 +203,7 @@ async def queue_status(
     )
 
 
-async def configure(system: System, schedule_id: int, **settings: int) -> None:
+async def configure(system: System, schedule_id: int, **settings: Any) -> None:
     """UpsertSchedule with these settings (the others keep their values: an implied mask)."""
     await system.schedules.UpsertSchedule(
         schedule_service_pb2.UpsertScheduleRequest(

@@ -41,7 +41,8 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
             before, after = await repository.apply_settings(tx.session, update, now)
             if after != before:  # the activator re-settles: admits, re-plans its due moment
                 tx.publish([slots_freed_row(self._topics, after.schedule_id, "settings", now)])
-        return pb.UpsertScheduleResponse(schedule=schedule_to_proto(after))
+            row = await repository.get_schedule(tx.session, after.schedule_id)
+        return pb.UpsertScheduleResponse(schedule=schedule_to_proto(after, row))
 
     async def GetSchedule(
         self, request: pb.GetScheduleRequest, context: Context
@@ -50,7 +51,7 @@ class ScheduleService(schedule_service_pb2_grpc.ScheduleServiceServicer):
         async with self._database.transaction(read_only=True) as session:
             row = await repository.get_schedule(session, schedule_id)
         return pb.GetScheduleResponse(
-            schedule=schedule_to_proto(repository.settings_of(row, schedule_id))
+            schedule=schedule_to_proto(repository.settings_of(row, schedule_id), row)
         )
 
     async def RotateSigningKey(

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from tools import demo_prequeue
 from tools.system import ROOT, Cluster, is_listening, migrate, start_broker, stop_broker
 from waiting.v1 import (
     queue_status_service_pb2 as qs,
@@ -98,6 +99,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--token-api", default="127.0.0.1:50051")
     parser.add_argument("--activator", default="127.0.0.1:50052")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--prequeue",
+        action="store_true",
+        help="a sale that opens after a countdown: the pre-queue, its draw, and the check",
+    )
+    parser.add_argument("--countdown", type=float, default=10.0, help="seconds (--prequeue)")
     parser.add_argument(
         "--admin-token",
         default=os.environ.get("ADMIN_TOKEN") or _make_run_admin_token(),
@@ -450,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.schedule_id = random.SystemRandom().randrange(10**6, 10**9)
     with system_for(args):
-        ok = asyncio.run(amain(args))
+        ok = asyncio.run(demo_prequeue.run(args) if args.prequeue else amain(args))
     return 0 if ok else 1
 
 

@@ -12,9 +12,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from waiting_core import token_ids
 from waiting_core.errors import FailedPrecondition, InvalidArgument
+from waiting_core.prequeue import PrequeueOrder
 
 MAX_USER_ID_LENGTH = 128
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -55,6 +57,9 @@ class ScheduleSettings:
     active_ttl_seconds: int = 600
     pending_ttl_seconds: int = 0
     admit_rate_per_second: int = 0
+    # The pre-queue (waiting_core.prequeue): None means the sale is open.
+    opens_at: datetime | None = None
+    prequeue_order: PrequeueOrder = PrequeueOrder.SHUFFLED
 
     def validated(self) -> ScheduleSettings:
         """Return self, or raise InvalidArgument naming the first bad field."""
@@ -77,6 +82,8 @@ SCHEDULE_SETTINGS = (
     "active_ttl_seconds",
     "pending_ttl_seconds",
     "admit_rate_per_second",
+    "opens_at",
+    "prequeue_order",
 )
 REPLACE_ALL = "*"
 
@@ -90,7 +97,7 @@ class ScheduleUpdate:
     """
 
     schedule_id: int
-    values: Mapping[str, int]
+    values: Mapping[str, Any]
     replace_all: bool = False
 
     def applied_to(self, current: ScheduleSettings) -> ScheduleSettings:

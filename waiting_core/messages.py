@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from waiting.v1 import schedule_service_pb2, token_pb2
-from waiting_core import domain
+from waiting_core import domain, prequeue
 from waiting_core.domain import ScheduleSettings, ScheduleUpdate, TokenStatus
-from waiting_core.models import TokenRow
+from waiting_core.errors import InvalidArgument
+from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.prequeue import PrequeueOrder
 
 _STATUS_TO_PROTO: dict[TokenStatus, token_pb2.TokenStatus.ValueType] = {
     TokenStatus.PENDING: token_pb2.TOKEN_STATUS_PENDING,
@@ -64,15 +67,33 @@ def unplaced_token_to_proto(
     )
 
 
-def schedule_to_proto(settings: ScheduleSettings) -> schedule_service_pb2.Schedule:
-    """The Schedule message of a schedule's settings."""
-    return schedule_service_pb2.Schedule(
+_ORDER_TO_PROTO: dict[PrequeueOrder, schedule_service_pb2.PrequeueOrder.ValueType] = {
+    PrequeueOrder.SHUFFLED: schedule_service_pb2.PREQUEUE_ORDER_SHUFFLED,
+    PrequeueOrder.FIFO: schedule_service_pb2.PREQUEUE_ORDER_FIFO,
+}
+
+
+def schedule_to_proto(
+    settings: ScheduleSettings, row: ScheduleRow | None = None
+) -> schedule_service_pb2.Schedule:
+    """The Schedule message of a schedule's settings, with the pre-queue's commitment (while
+    shuffled), and its seed and draw time once drawn, from its row."""
+    message = schedule_service_pb2.Schedule(
         schedule_id=settings.schedule_id,
         capacity=settings.capacity,
         active_ttl_seconds=settings.active_ttl_seconds,
         pending_ttl_seconds=settings.pending_ttl_seconds,
         admit_rate_per_second=settings.admit_rate_per_second,
+        opens_at=_timestamp(settings.opens_at),
+        prequeue_order=_ORDER_TO_PROTO[settings.prequeue_order],
     )
+    seed = row.prequeue_seed if row is not None else None
+    if seed is not None and settings.prequeue_order == PrequeueOrder.SHUFFLED:
+        message.prequeue_commitment = prequeue.commitment(seed)
+    if seed is not None and row is not None and row.drawn_at is not None:
+        message.prequeue_seed = seed.hex()
+        message.drawn_at.FromDatetime(row.drawn_at)
+    return message
 
 
 def schedule_update_from_proto(
@@ -85,10 +106,23 @@ def schedule_update_from_proto(
     fields, replace_all = domain.mask_fields(list(request.update_mask.paths), populated)
     defaults = ScheduleSettings(schedule_id)
     values = {
-        name: getattr(message if _is_populated(message, name) else defaults, name)
+        name: _setting(message, name) if _is_populated(message, name) else getattr(defaults, name)
         for name in fields
     }
     return ScheduleUpdate(schedule_id, values, replace_all)
+
+
+def _setting(message: schedule_service_pb2.Schedule, name: str) -> Any:
+    """A setting's value as the domain holds it."""
+    if name == "opens_at":
+        return message.opens_at.ToDatetime(tzinfo=UTC)
+    if name == "prequeue_order":
+        if message.prequeue_order == schedule_service_pb2.PREQUEUE_ORDER_FIFO:
+            return PrequeueOrder.FIFO
+        if message.prequeue_order == schedule_service_pb2.PREQUEUE_ORDER_SHUFFLED:
+            return PrequeueOrder.SHUFFLED
+        raise InvalidArgument("schedule.prequeue_order", f"unknown value {message.prequeue_order}")
+    return getattr(message, name)
 
 
 def _is_populated(message: schedule_service_pb2.Schedule, name: str) -> bool:

@@ -115,6 +115,13 @@ class ScheduleRow(Base):
     # When the schedule next needs settling without an event: its earliest ACTIVE expiry, its
     # earliest abandonment, or the rate bucket's next admission (domain.next_due). None: never.
     next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The pre-queue (waiting_core.prequeue): when the sale opens (None: open), the order of
+    # its cohort, the secret seed of the draw (revealed after the opening), and when the
+    # draw put the cohort in line (None: not yet).
+    opens_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    prequeue_order: Mapped[str] = mapped_column(String(8), default="SHUFFLED")
+    prequeue_seed: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    drawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (
         Index(

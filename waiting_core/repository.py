@@ -30,6 +30,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     union_all,
     update,
 )
@@ -39,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
-from waiting_core import domain
+from waiting_core import domain, prequeue
 from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
 from waiting_core.errors import DomainError, TokenNotFound
 from waiting_core.models import (
@@ -52,6 +53,7 @@ from waiting_core.models import (
     departed_predicate,
     live_predicate,
 )
+from waiting_core.prequeue import PrequeueOrder
 
 _PENDING: ColumnElement[str] = literal_column("'PENDING'")
 _ACTIVE: ColumnElement[str] = literal_column("'ACTIVE'")
@@ -141,7 +143,19 @@ def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
         active_ttl_seconds=row.active_ttl_seconds,
         pending_ttl_seconds=row.pending_ttl_seconds,
         admit_rate_per_second=row.admit_rate_per_second,
+        opens_at=row.opens_at,
+        prequeue_order=PrequeueOrder(row.prequeue_order),
     )
+
+
+def has_opened(row: ScheduleRow, now: datetime) -> bool:
+    """Whether the schedule's sale has opened: it was drawn, its opens_at came, or it never
+    had one and somebody was admitted already."""
+    if row.drawn_at is not None:
+        return True
+    if row.opens_at is None:
+        return row.admitted_total > 0
+    return row.opens_at <= now
 
 
 async def apply_settings(
@@ -151,6 +165,12 @@ async def apply_settings(
     row = await lock_schedule(session, update.schedule_id)
     previous = settings_of(row, update.schedule_id)
     settings = update.applied_to(previous)
+    prequeue.check_opening_change(
+        (previous.opens_at, previous.prequeue_order),
+        (settings.opens_at, settings.prequeue_order),
+        now=now,
+        opened=has_opened(row, now),
+    )
     if not domain.abandons(previous.pending_ttl_seconds) and domain.abandons(
         settings.pending_ttl_seconds
     ):
@@ -159,7 +179,12 @@ async def apply_settings(
     row.active_ttl_seconds = settings.active_ttl_seconds
     row.pending_ttl_seconds = settings.pending_ttl_seconds
     row.admit_rate_per_second = settings.admit_rate_per_second
-    return previous, settings
+    row.prequeue_order = settings.prequeue_order.value
+    if settings.opens_at != previous.opens_at:
+        # Cleared before the opening: the sale opens now, and the cohort is still drawn.
+        row.opens_at = settings.opens_at or now
+        row.prequeue_seed = row.prequeue_seed or prequeue.new_seed()
+    return previous, settings_of(row, update.schedule_id)
 
 
 # --- tokens ------------------------------------------------------------------------------
@@ -746,4 +771,54 @@ async def record_admission_passes(
         update(SigningKeyRow)
         .where(SigningKeyRow.kid == signer.kid, or_(until.is_(None), until < last_exp))
         .values(passes_until=last_exp)
+    )
+
+
+# --- the pre-queue -----------------------------------------------------------------------
+
+_RENUMBER_CHUNK = 50_000
+
+
+async def draw_line(session: AsyncSession, schedule: ScheduleRow, now: datetime) -> int:
+    """Put the locked schedule's PENDING tokens in their order after the opening
+    (``prequeue.new_line``): new sequence numbers after every existing one, so that
+    positions stay O(1) and no token that left the line counts. Marks the schedule drawn;
+    returns how many tokens were renumbered."""
+    if schedule.opens_at is None:
+        raise ValueError(f"schedule {schedule.schedule_id} has no opening to draw")
+    stmt = select(TokenRow.token_id, TokenRow.issued_at, TokenRow.seq).where(
+        TokenRow.schedule_id == schedule.schedule_id, _PENDING
+    )
+    waiting = (await session.execute(stmt)).all()
+    order = PrequeueOrder(schedule.prequeue_order)
+    line = prequeue.new_line(waiting, schedule.opens_at, schedule.prequeue_seed or b"", order)
+    del waiting
+    base = schedule.last_seq
+    for start in range(0, len(line), _RENUMBER_CHUNK):
+        chunk = line[start : start + _RENUMBER_CHUNK]
+        await _renumber(session, chunk, base + start + 1)
+    schedule.head_seq = base
+    schedule.last_seq = base + len(line)
+    schedule.drawn_at = now
+    return len(line)
+
+
+async def _renumber(session: AsyncSession, token_ids: Sequence[str], first_seq: int) -> None:
+    """Give ``token_ids`` the consecutive sequence numbers from ``first_seq``."""
+    seqs = list(range(first_seq, first_seq + len(token_ids)))
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text(
+                "UPDATE tokens SET seq = v.seq FROM unnest(CAST(:ids AS text[]), "
+                "CAST(:seqs AS bigint[])) AS v(token_id, seq) WHERE tokens.token_id = v.token_id"
+            ),
+            {"ids": list(token_ids), "seqs": seqs},
+        )
+        return
+    table = TokenRow.__table__
+    await session.execute(
+        update(table)  # type: ignore[arg-type]
+        .where(table.c.token_id == bindparam("b_token_id"))
+        .values(seq=bindparam("b_seq")),
+        [{"b_token_id": t, "b_seq": q} for t, q in zip(token_ids, seqs, strict=True)],
     )

@@ -1,0 +1,107 @@
+"""The pre-queue: who arrived before a sale opened, and the verifiable draw of their order.
+
+No I/O here. When ``opens_at`` is first set, a secret 32-byte seed is drawn and its SHA-256
+(the commitment) is published. At ``opens_at`` every token issued before it and still
+PENDING (the cohort) is ordered by HMAC-SHA256(key=seed, message=token_id), ascending, and
+put in line ahead of everyone who came later (who keep their issue order). After the
+opening the seed is revealed, so anyone can check it against the commitment and recompute
+the order.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from waiting_core.errors import FailedPrecondition, InvalidArgument
+
+SEED_BYTES = 32
+
+
+class PrequeueOrder(enum.StrEnum):
+    """How the cohort of a sale's pre-queue is ordered at its opening."""
+
+    SHUFFLED = "SHUFFLED"
+    FIFO = "FIFO"
+
+
+class Arrival(Protocol):
+    """What the draw needs of a PENDING token."""
+
+    @property
+    def token_id(self) -> str:
+        """The token's id."""
+
+    @property
+    def issued_at(self) -> datetime:
+        """When it was issued."""
+
+    @property
+    def seq(self) -> int:
+        """Its place in issue (log) order."""
+
+
+def new_seed() -> bytes:
+    """A fresh secret seed for a draw."""
+    return secrets.token_bytes(SEED_BYTES)
+
+
+def commitment(seed: bytes) -> str:
+    """The published commitment to a seed: its hex SHA-256."""
+    return hashlib.sha256(seed).hexdigest()
+
+
+def draw_key(seed: bytes, token_id: str) -> bytes:
+    """A token's place in the drawn order: HMAC-SHA256(key=seed, message=token_id)."""
+    return hmac.new(seed, token_id.encode(), hashlib.sha256).digest()
+
+
+def drawn_order(seed: bytes, token_ids: Sequence[str]) -> list[str]:
+    """The cohort's token ids in drawn order."""
+    return sorted(token_ids, key=lambda token_id: draw_key(seed, token_id))
+
+
+def new_line(
+    waiting: Sequence[Arrival], opens_at: datetime, seed: bytes, order: PrequeueOrder
+) -> list[str]:
+    """The PENDING tokens' ids in their order after the opening: the cohort (issued before
+    ``opens_at``) in ``order``, then the later arrivals in issue order."""
+    by_issue = sorted(waiting, key=lambda token: token.seq)
+    cohort = [t.token_id for t in by_issue if t.issued_at < opens_at]
+    later = [t.token_id for t in by_issue if t.issued_at >= opens_at]
+    if order == PrequeueOrder.SHUFFLED:
+        cohort = drawn_order(seed, cohort)
+    return cohort + later
+
+
+def in_prequeue(opens_at: datetime | None, now: datetime) -> bool:
+    """Whether a schedule with this opening has not opened yet at ``now``."""
+    return opens_at is not None and now < opens_at
+
+
+def check_opening_change(
+    before: tuple[datetime | None, PrequeueOrder],
+    after: tuple[datetime | None, PrequeueOrder],
+    *,
+    now: datetime,
+    opened: bool,
+) -> None:
+    """Refuse a change of opens_at or prequeue_order that comes too late or makes no sense.
+
+    ``opened``: the sale opened already (its opens_at came, it was drawn, or, with no
+    opens_at, somebody was admitted). Then neither may change (FAILED_PRECONDITION). A new
+    opens_at must be in the future (INVALID_ARGUMENT); clearing it opens the sale now.
+    """
+    moved, reordered = after[0] != before[0], after[1] != before[1]
+    if not (moved or reordered):
+        return
+    if opened:
+        field = "schedule.opens_at" if moved else "schedule.prequeue_order"
+        raise FailedPrecondition(f"{field}: the sale has opened; it can no longer change")
+    if moved and after[0] is not None and after[0] <= now:
+        raise InvalidArgument("schedule.opens_at", "must be in the future")
