@@ -787,7 +787,7 @@ async def draw_line(session: AsyncSession, schedule: ScheduleRow, now: datetime)
     if schedule.opens_at is None:
         raise ValueError(f"schedule {schedule.schedule_id} has no opening to draw")
     stmt = select(TokenRow.token_id, TokenRow.issued_at, TokenRow.seq).where(
-        TokenRow.schedule_id == schedule.schedule_id, _PENDING
+        TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING
     )
     waiting = (await session.execute(stmt)).all()
     order = PrequeueOrder(schedule.prequeue_order)
