@@ -95,10 +95,11 @@ class Admitter:
         the admitted tokens' passes, and reads the deadlines that plan each schedule's next
         due moment.
 
-        A schedule whose ``opens_at`` has come and that was not drawn yet has its pre-queue
-        put in line first (``repository.draw_line``), in the same transaction, so the draw
-        happens once whatever runs it, and a crash mid-draw leaves nothing behind. Before
-        ``opens_at`` nobody is admitted.
+        Before a schedule's ``opens_at`` nobody is admitted. The first settle after it (of a
+        shuffled line) admits by draw key and plans the next settle at once; that one
+        renumbers the line (``repository.renumber_line``) in its transaction. Each step is
+        marked on the locked row, so it happens once whatever runs it, and a crash midway
+        leaves nothing behind.
 
         Running it twice, or from two activators at once, admits nobody twice and never
         exceeds capacity (I1, I4): the row locks serialise the counts and the updates, and
@@ -122,18 +123,20 @@ class Admitter:
         schedules = await repository.lock_schedules(session, schedule_ids)
         now = utc_now()  # under the locks, so activation times follow admission order
         placed = _by_schedule_id(await repository.place_new_tokens(session, schedules, newcomers))
-        # A sale whose opening came puts its pre-queue in line first, once (drawn_at).
+        # A shuffled sale whose opening came admits its first by draw key at once; the
+        # next settle renumbers its line (drawn_at). A FIFO line is in order already.
+        by_draw = frozenset(s.schedule_id for s in schedules if _opening(s, now) == "admit")
         drawn = {
-            schedule.schedule_id: await repository.draw_line(session, schedule, now)
+            schedule.schedule_id: await repository.renumber_line(session, schedule, now)
             for schedule in schedules
-            if _draw_due(schedule, now)
+            if _opening(schedule, now) == "renumber"
         }
         # Only a schedule whose next due moment has come can have tokens to expire or drop.
         due = [s for s in schedules if s.next_due_at is not None and s.next_due_at <= now]
         expired = _by_schedule(await repository.expire_due_active(session, due, now))
         abandoned = _by_schedule(await repository.abandon_stale_pending(session, due, now))
         limits = {schedule: _admissions_now(schedule, now) for schedule in schedules}
-        admitted_rows = await repository.admit_oldest(session, limits, now)
+        admitted_rows = await repository.admit_oldest(session, limits, now, by_draw)
         if admitted_rows:
             signer = await self._keys.signer(session)
             await repository.record_admission_passes(session, admitted_rows, signer)
@@ -143,6 +146,9 @@ class Admitter:
         deadlines = await repository.earliest_deadlines(session, schedules)
         for schedule in schedules:
             schedule.next_due_at = _next_due(schedule, deadlines[schedule.schedule_id], now)
+            if schedule.schedule_id in by_draw:
+                schedule.draw_started_at = now
+                schedule.next_due_at = now  # the sweeper renumbers the line right away
         tx.publish(
             [
                 *state_changed_rows(
@@ -193,9 +199,14 @@ def record_metrics(settlement: Settlement) -> None:
             metrics.ISSUE_TO_ADMIT.observe((token.activated_at - token.issued_at).total_seconds())
 
 
-def _draw_due(schedule: ScheduleRow, now: datetime) -> bool:
-    opening = schedule.opens_at
-    return opening is not None and opening <= now and schedule.drawn_at is None
+def _opening(schedule: ScheduleRow, now: datetime) -> str | None:
+    """What a sale's opening asks of this settle: "admit" the first by draw key (a
+    shuffled line, once), then "renumber" the line (both kinds); None when nothing."""
+    opens_at = schedule.opens_at
+    if opens_at is None or opens_at > now or schedule.drawn_at is not None:
+        return None
+    shuffled = schedule.prequeue_order == prequeue.PrequeueOrder.SHUFFLED
+    return "admit" if shuffled and schedule.draw_started_at is None else "renumber"
 
 
 def _admissions_now(schedule: ScheduleRow, now: datetime) -> int:

@@ -52,10 +52,15 @@ def current_rate(schedule: ScheduleRow | None, now: datetime) -> float:
 def token_view(
     token: TokenRow, position: int, schedule: ScheduleRow | None, now: datetime
 ) -> TokenView:
-    """The view of a token whose position is known. In a pre-queue its wait is unknown,
-    and so is its place unless the cohort keeps issue order (FIFO)."""
+    """The view of a token whose position is known. In a pre-queue, until the line is in
+    its drawn order, its wait is unknown, and so is its place unless the cohort keeps
+    issue order (FIFO)."""
     waiting = token.status == TokenStatus.PENDING
-    if waiting and schedule is not None and prequeue.in_prequeue(schedule.opens_at, now):
+    if (
+        waiting
+        and schedule is not None
+        and prequeue.awaiting_draw(schedule.opens_at, schedule.drawn_at)
+    ):
         if schedule.prequeue_order != PrequeueOrder.FIFO:
             position = 0
         view = token_to_proto(token, position)

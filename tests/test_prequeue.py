@@ -10,7 +10,6 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import grpc
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import select
 
@@ -112,6 +111,11 @@ async def test_nobody_is_admitted_before_the_opening_then_the_drawn_order_holds(
         return (await queue_status(system, schedule_id)).active_count == 3
 
     await eventually(admitted)
+
+    async def drawn() -> bool:
+        return (await _schedule(system, schedule_id)).prequeue_seed != ""
+
+    await eventually(drawn)
     late = [(await issue(system, f"late-{i}", schedule_id)).token_id for i in range(2)]
 
     revealed = await _schedule(system, schedule_id)
@@ -208,9 +212,10 @@ async def test_many_activators_at_the_opening_draw_once(system: System, schedule
         await asyncio.gather(*(admitter.settle(schedule_id) for admitter in admitters))
         after = await _schedule_row(database, schedule_id)
 
+    # One admitted by draw key at the opening, then the other 19 renumbered, once.
     assert after.drawn_at is not None
-    assert after.last_seq == before.last_seq + len(cohort)  # renumbered once
-    assert after.head_seq == before.last_seq + 1  # and one admitted, the first drawn
+    assert after.head_seq == before.last_seq
+    assert after.last_seq == before.last_seq + len(cohort) - 1
     seed = bytes.fromhex((await _schedule(system, schedule_id)).prequeue_seed)
     expected = prequeue.drawn_order(seed, cohort)
     views = await _line(system, cohort)
@@ -257,17 +262,12 @@ def test_arrival_does_not_predict_place_in_the_draw() -> None:
     assert _placement_chi_square(lambda seed, ids: list(ids)) > critical * 10
 
 
-@pytest.mark.parametrize("order", list(prequeue.PrequeueOrder))
-def test_later_arrivals_always_come_after_the_cohort(order: prequeue.PrequeueOrder) -> None:
+def test_only_a_shuffled_cohort_gets_draw_keys() -> None:
     opens_at = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
-
-    class Arrival:
-        def __init__(self, seq: int, seconds: int) -> None:
-            self.token_id, self.seq = f"token-{seq:02d}", seq
-            self.issued_at = opens_at + timedelta(seconds=seconds)
-
-    waiting = [Arrival(seq, seconds) for seq, seconds in enumerate([-9, 3, -5, -1, 8, -3, 1])]
-    line = prequeue.new_line(waiting, opens_at, b"seed", order)
-    cohort = {t.token_id for t in waiting if t.issued_at < opens_at}
-    assert set(line[: len(cohort)]) == cohort
-    assert line[len(cohort) :] == ["token-01", "token-04", "token-06"]
+    seed = b"s" * prequeue.SEED_BYTES
+    early, late = opens_at - timedelta(seconds=1), opens_at
+    shuffled, fifo = prequeue.PrequeueOrder.SHUFFLED, prequeue.PrequeueOrder.FIFO
+    assert prequeue.cohort_key(opens_at, seed, shuffled, "t", early) == prequeue.draw_key(seed, "t")
+    assert prequeue.cohort_key(opens_at, seed, shuffled, "t", late) is None
+    assert prequeue.cohort_key(opens_at, seed, fifo, "t", early) is None
+    assert prequeue.cohort_key(None, seed, shuffled, "t", early) is None

@@ -37,6 +37,7 @@ async def load_pending(
                 "status": TokenStatus.PENDING,
                 "issued_at": now,
                 "last_seen_at": now,
+                "draw_key": repository.draw_key_of(schedule, token_id, now),
             }
             for offset, token_id in enumerate(token_ids[start : start + CHUNK])
         ]

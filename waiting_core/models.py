@@ -78,6 +78,7 @@ _PENDING = text("status = 'PENDING'")
 _ACTIVE = text("status = 'ACTIVE'")
 _DEPARTED = departed_predicate()
 _DUE = text("next_due_at IS NOT NULL")
+_DRAWN = text("status = 'PENDING' AND draw_key IS NOT NULL")
 
 
 class Base(DeclarativeBase):
@@ -116,11 +117,12 @@ class ScheduleRow(Base):
     # earliest abandonment, or the rate bucket's next admission (domain.next_due). None: never.
     next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     # The pre-queue (waiting_core.prequeue): when the sale opens (None: open), the order of
-    # its cohort, the secret seed of the draw (revealed after the opening), and when the
-    # draw put the cohort in line (None: not yet).
+    # its cohort, the secret seed of the draw (revealed after the draw), when the first
+    # admissions by draw key were made, and when the line was renumbered (None: not yet).
     opens_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     prequeue_order: Mapped[str] = mapped_column(String(8), default="SHUFFLED")
     prequeue_seed: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    draw_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     drawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (
@@ -148,6 +150,8 @@ class TokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # In a shuffled pre-queue's cohort: HMAC-SHA256(seed, token_id), its place in the draw.
+    draw_key: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     # The signed admission pass (a compact JWS), minted once when the token became ACTIVE.
     admission_pass: Mapped[str | None] = mapped_column(Text, default=None)
 
@@ -187,6 +191,14 @@ class TokenRow(Base):
             "last_seen_at",
             sqlite_where=_PENDING,
             postgresql_where=_PENDING,
+        ),
+        # The opening of a shuffled sale: the cohort by draw key.
+        Index(
+            "ix_tokens_draw",
+            "schedule_id",
+            "draw_key",
+            sqlite_where=_DRAWN,
+            postgresql_where=_DRAWN,
         ),
         # A schedule's earliest expiry (its next due moment).
         Index(

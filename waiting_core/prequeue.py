@@ -1,11 +1,12 @@
 """The pre-queue: who arrived before a sale opened, and the verifiable draw of their order.
 
 No I/O here. When ``opens_at`` is first set, a secret 32-byte seed is drawn and its SHA-256
-(the commitment) is published. At ``opens_at`` every token issued before it and still
-PENDING (the cohort) is ordered by HMAC-SHA256(key=seed, message=token_id), ascending, and
-put in line ahead of everyone who came later (who keep their issue order). After the
-opening the seed is revealed, so anyone can check it against the commitment and recompute
-the order.
+(the commitment) is published. Every token issued before ``opens_at`` (the cohort) keeps its
+draw key, HMAC-SHA256(key=seed, message=token_id), from its placement on. At the opening the
+first ``capacity`` are admitted by draw key, ascending (an index range), and then the line
+is renumbered once: the cohort by draw key, ahead of everyone who came later (who keep
+their issue order). After that the seed is revealed, so anyone can check it against the
+commitment and recompute the order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
 
 from waiting_core.errors import FailedPrecondition, InvalidArgument
 
@@ -28,22 +28,6 @@ class PrequeueOrder(enum.StrEnum):
 
     SHUFFLED = "SHUFFLED"
     FIFO = "FIFO"
-
-
-class Arrival(Protocol):
-    """What the draw needs of a PENDING token."""
-
-    @property
-    def token_id(self) -> str:
-        """The token's id."""
-
-    @property
-    def issued_at(self) -> datetime:
-        """When it was issued."""
-
-    @property
-    def seq(self) -> int:
-        """Its place in issue (log) order."""
 
 
 def new_seed() -> bytes:
@@ -66,22 +50,30 @@ def drawn_order(seed: bytes, token_ids: Sequence[str]) -> list[str]:
     return sorted(token_ids, key=lambda token_id: draw_key(seed, token_id))
 
 
-def new_line(
-    waiting: Sequence[Arrival], opens_at: datetime, seed: bytes, order: PrequeueOrder
-) -> list[str]:
-    """The PENDING tokens' ids in their order after the opening: the cohort (issued before
-    ``opens_at``) in ``order``, then the later arrivals in issue order."""
-    by_issue = sorted(waiting, key=lambda token: token.seq)
-    cohort = [t.token_id for t in by_issue if t.issued_at < opens_at]
-    later = [t.token_id for t in by_issue if t.issued_at >= opens_at]
-    if order == PrequeueOrder.SHUFFLED:
-        cohort = drawn_order(seed, cohort)
-    return cohort + later
+def cohort_key(
+    opens_at: datetime | None,
+    seed: bytes | None,
+    order: PrequeueOrder,
+    token_id: str,
+    issued_at: datetime,
+) -> bytes | None:
+    """The draw key a token placed in line keeps: its HMAC when it was issued before a
+    shuffled sale opened (it belongs to the cohort); None otherwise. The line after the
+    opening is the cohort by draw key, then everyone else by issue order."""
+    if opens_at is None or seed is None or order != PrequeueOrder.SHUFFLED:
+        return None
+    return draw_key(seed, token_id) if issued_at < opens_at else None
 
 
 def in_prequeue(opens_at: datetime | None, now: datetime) -> bool:
     """Whether a schedule with this opening has not opened yet at ``now``."""
     return opens_at is not None and now < opens_at
+
+
+def awaiting_draw(opens_at: datetime | None, drawn_at: datetime | None) -> bool:
+    """Whether the schedule's line is not in its drawn order yet: before the opening, and
+    from it until the draw has renumbered the line."""
+    return opens_at is not None and drawn_at is None
 
 
 def check_opening_change(

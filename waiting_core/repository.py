@@ -287,11 +287,23 @@ async def place_new_tokens(
                 "status": TokenStatus.PENDING,
                 "issued_at": token.issued_at,
                 "last_seen_at": token.issued_at,
+                "draw_key": draw_key_of(schedule, token.token_id, token.issued_at),
             }
         )
     if rows:
         await session.execute(insert(TokenRow), rows)
     return placed
+
+
+def draw_key_of(schedule: ScheduleRow, token_id: str, issued_at: datetime) -> bytes | None:
+    """The draw key of a token placed in the schedule's line now (prequeue.cohort_key);
+    None once the line was drawn."""
+    if schedule.drawn_at is not None:
+        return None
+    order = PrequeueOrder(schedule.prequeue_order)
+    return prequeue.cohort_key(
+        schedule.opens_at, schedule.prequeue_seed, order, token_id, issued_at
+    )
 
 
 async def positions_in_line(session: AsyncSession, tokens: Sequence[TokenRow]) -> dict[str, int]:
@@ -327,10 +339,15 @@ async def pending_positions(
 
 
 async def admit_oldest(
-    session: AsyncSession, limits: Mapping[ScheduleRow, int], now: datetime
+    session: AsyncSession,
+    limits: Mapping[ScheduleRow, int],
+    now: datetime,
+    by_draw: frozenset[int] = frozenset(),
 ) -> list[TokenRow]:
     """Turn the oldest PENDING tokens of each locked schedule ACTIVE, as many as its limit,
-    all in one statement (a UNION ALL of one index range per schedule).
+    all in one statement (a UNION ALL of one index range per schedule). For the schedules
+    in ``by_draw`` (a shuffled sale opening, not renumbered yet) "oldest" means first by
+    draw key (the cohort), then by issue order.
 
     Only PENDING rows match, so a token is activated at most once (I4).
     """
@@ -338,7 +355,9 @@ async def admit_oldest(
     if not wanted:
         return []
     picks = [
-        select(TokenRow.token_id)
+        _first_drawn(schedule.schedule_id, limit)
+        if schedule.schedule_id in by_draw
+        else select(TokenRow.token_id)
         .where(TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING)
         .order_by(TokenRow.seq)
         .limit(limit)
@@ -367,11 +386,40 @@ async def admit_oldest(
     by_id = {schedule.schedule_id: schedule for schedule in wanted}
     for token in admitted:
         schedule = by_id[token.schedule_id]
-        schedule.head_seq = max(schedule.head_seq, token.seq)
+        if schedule.schedule_id not in by_draw:  # renumbering sets the head of those
+            schedule.head_seq = max(schedule.head_seq, token.seq)
         schedule.active_count += 1
         schedule.pending_count -= 1
         schedule.admitted_total += 1
     return admitted
+
+
+def _first_drawn(schedule_id: int, limit: int) -> Any:
+    """The ``limit`` first PENDING tokens of a line not renumbered yet: the cohort by draw
+    key (ix_tokens_draw), then the others by issue order."""
+    mine = (TokenRow.schedule_id == schedule_id, TokenRow.status == _PENDING)
+    columns = (TokenRow.token_id, TokenRow.draw_key, TokenRow.seq)
+    cohort = (
+        select(*columns)
+        .where(*mine, TokenRow.draw_key.is_not(None))
+        .order_by(TokenRow.draw_key)
+        .limit(limit)
+        .subquery()
+    )
+    others = (
+        select(*columns)
+        .where(*mine, TokenRow.draw_key.is_(None))
+        .order_by(TokenRow.seq)
+        .limit(limit)
+        .subquery()
+    )
+    both = union_all(select(cohort), select(others)).subquery()
+    return (
+        select(both.c.token_id)
+        .order_by(both.c.draw_key.is_(None), both.c.draw_key, both.c.seq)
+        .limit(limit)
+        .subquery()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -776,49 +824,24 @@ async def record_admission_passes(
 
 # --- the pre-queue -----------------------------------------------------------------------
 
-_RENUMBER_CHUNK = 50_000
+_RENUMBER = text(
+    "UPDATE tokens SET seq = :base + ranked.place FROM ("
+    " SELECT token_id, row_number() OVER ("
+    "  ORDER BY draw_key IS NULL, draw_key, seq) AS place"
+    " FROM tokens WHERE schedule_id = :schedule_id AND status = 'PENDING'"
+    ") AS ranked WHERE tokens.token_id = ranked.token_id"
+)
 
 
-async def draw_line(session: AsyncSession, schedule: ScheduleRow, now: datetime) -> int:
-    """Put the locked schedule's PENDING tokens in their order after the opening
-    (``prequeue.new_line``): new sequence numbers after every existing one, so that
-    positions stay O(1) and no token that left the line counts. Marks the schedule drawn;
-    returns how many tokens were renumbered."""
-    if schedule.opens_at is None:
-        raise ValueError(f"schedule {schedule.schedule_id} has no opening to draw")
-    stmt = select(TokenRow.token_id, TokenRow.issued_at, TokenRow.seq).where(
-        TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING
-    )
-    waiting = (await session.execute(stmt)).all()
-    order = PrequeueOrder(schedule.prequeue_order)
-    line = prequeue.new_line(waiting, schedule.opens_at, schedule.prequeue_seed or b"", order)
-    del waiting
+async def renumber_line(session: AsyncSession, schedule: ScheduleRow, now: datetime) -> int:
+    """Put the locked schedule's PENDING tokens in their order after the opening, in one
+    statement: the cohort by draw key, then the others by issue order, numbered after
+    every sequence number used so far (so no token that left the line counts, and
+    positions stay O(1)). Marks the schedule drawn; returns how many were renumbered."""
     base = schedule.last_seq
-    for start in range(0, len(line), _RENUMBER_CHUNK):
-        chunk = line[start : start + _RENUMBER_CHUNK]
-        await _renumber(session, chunk, base + start + 1)
+    result = await session.execute(_RENUMBER, {"base": base, "schedule_id": schedule.schedule_id})
+    renumbered = int(getattr(result, "rowcount", 0) or 0)
     schedule.head_seq = base
-    schedule.last_seq = base + len(line)
+    schedule.last_seq = base + renumbered
     schedule.drawn_at = now
-    return len(line)
-
-
-async def _renumber(session: AsyncSession, token_ids: Sequence[str], first_seq: int) -> None:
-    """Give ``token_ids`` the consecutive sequence numbers from ``first_seq``."""
-    seqs = list(range(first_seq, first_seq + len(token_ids)))
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            text(
-                "UPDATE tokens SET seq = v.seq FROM unnest(CAST(:ids AS text[]), "
-                "CAST(:seqs AS bigint[])) AS v(token_id, seq) WHERE tokens.token_id = v.token_id"
-            ),
-            {"ids": list(token_ids), "seqs": seqs},
-        )
-        return
-    table = TokenRow.__table__
-    await session.execute(
-        update(table)  # type: ignore[arg-type]
-        .where(table.c.token_id == bindparam("b_token_id"))
-        .values(seq=bindparam("b_seq")),
-        [{"b_token_id": t, "b_seq": q} for t, q in zip(token_ids, seqs, strict=True)],
-    )
+    return renumbered
