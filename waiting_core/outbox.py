@@ -52,8 +52,16 @@ class OutboxTransaction:
 
     def publish(self, rows: Sequence[OutboxRow]) -> None:
         """Write these events in this transaction; the relay sends them once it commits."""
-        self.session.add_all(rows)
         self.rows.extend(rows)
+
+    async def write(self) -> None:
+        """Insert the published rows, in one statement (not through the ORM's unit of work,
+        which costs far more per row), and give each its id."""
+        if not self.rows:
+            return
+        ids = await repository.insert_outbox_rows(self.session, self.rows)
+        for row, row_id in zip(self.rows, ids, strict=True):
+            row.id = row_id
 
 
 class OutboxRelay(BackgroundWorker):
@@ -96,6 +104,7 @@ class OutboxRelay(BackgroundWorker):
         async with self._database.transaction() as session:
             transaction = OutboxTransaction(session)
             yield transaction
+            await transaction.write()
         self._hand_over(transaction.rows)
 
     def _hand_over(self, rows: Sequence[OutboxRow]) -> None:

@@ -845,3 +845,23 @@ async def renumber_line(session: AsyncSession, schedule: ScheduleRow, now: datet
     schedule.last_seq = base + renumbered
     schedule.drawn_at = now
     return renumbered
+
+
+# --- the outbox ---------------------------------------------------------------------------
+
+
+async def insert_outbox_rows(session: AsyncSession, rows: Sequence[OutboxRow]) -> list[int]:
+    """Insert outbox rows in one executemany; their new ids, in the rows' order."""
+    stmt = insert(OutboxRow).returning(OutboxRow.id, sort_by_parameter_order=True)
+    values = [
+        {
+            "origin": row.origin,
+            "topic": row.topic,
+            "key": row.key,
+            "event_type": row.event_type,
+            "payload": row.payload,
+            "created_at": row.created_at,
+        }
+        for row in rows
+    ]
+    return list((await session.execute(stmt, values)).scalars().all())
