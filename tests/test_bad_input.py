@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.helpers import RPC_TIMEOUT, System, issue
 from waiting.v1 import queue_status_service_pb2 as qs
@@ -161,6 +162,39 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str]] = [
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "admit_rate_per_second",
+    ),
+    (
+        "opens_at out of range",
+        lambda s: s.schedules.UpsertSchedule(
+            ss.UpsertScheduleRequest(
+                schedule=ss.Schedule(schedule_id=1, opens_at=Timestamp(seconds=10**13))
+            ),
+            timeout=RPC_TIMEOUT,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "opens_at",
+    ),
+    (
+        "opens_at in the past",
+        lambda s: s.schedules.UpsertSchedule(
+            ss.UpsertScheduleRequest(
+                schedule=ss.Schedule(schedule_id=1, opens_at=Timestamp(seconds=1))
+            ),
+            timeout=RPC_TIMEOUT,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "opens_at",
+    ),
+    (
+        "unknown prequeue order",
+        lambda s: s.schedules.UpsertSchedule(
+            ss.UpsertScheduleRequest(
+                schedule=ss.Schedule(schedule_id=1, prequeue_order=9)  # type: ignore[arg-type]
+            ),
+            timeout=RPC_TIMEOUT,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prequeue_order",
     ),
     (
         "missing schedule",

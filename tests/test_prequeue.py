@@ -163,6 +163,28 @@ async def test_a_fifo_prequeue_keeps_issue_order_and_shows_positions(
     assert [views[t].position for t in cohort[2:]] == [1, 2, 3]
 
 
+async def test_a_watch_stays_open_through_the_opening(system: System, schedule_id: int) -> None:
+    opens_at = await _open_in(system, schedule_id, 3.0, capacity=1)
+    await issue(system, "first", schedule_id)
+    second = await issue(system, "second", schedule_id)
+    stream = system.queue.WatchToken(
+        queue_status_service_pb2.WatchTokenRequest(token_id=second.token_id), timeout=30
+    )
+    views = []
+    async for reply in stream:
+        views.append(reply)
+        if not reply.in_prequeue:
+            break
+    stream.cancel()
+
+    assert views[0].in_prequeue
+    assert views[0].opens_at.ToDatetime(tzinfo=UTC) == opens_at
+    assert views[0].token.position == 0
+    assert datetime.now(UTC) >= opens_at
+    opened = views[-1].token
+    assert (opened.status, opened.position) in ((ACTIVE, 0), (PENDING, 1))
+
+
 async def test_opens_at_is_checked(system: System, new_schedule_id: object) -> None:
     assert callable(new_schedule_id)
     past = schedule_service_pb2.Schedule(

@@ -90,6 +90,7 @@ async def test_star_replaces_every_setting(system: System, schedule_id: int) -> 
         active_ttl_seconds=600,
         pending_ttl_seconds=0,
         admit_rate_per_second=0,
+        prequeue_order=ss.PREQUEUE_ORDER_SHUFFLED,  # the default, shown; no opens_at
     )
 
 

@@ -152,6 +152,9 @@ async def _verify(
     first_active: float,
 ) -> bool:
     revealed = await sale.schedule()
+    while not revealed.prequeue_seed:  # revealed once the line is renumbered
+        await asyncio.sleep(0.05)
+        revealed = await sale.schedule()
     seed = revealed.prequeue_seed
     order = recompute_order(seed, cohort)
     views = {t: await sale.status(t) for t in order + late}
@@ -173,9 +176,10 @@ async def _verify(
     ]
     drawn_at = revealed.drawn_at.ToDatetime(tzinfo=UTC)
     console.print(
-        f"\nopened: draw at +{(drawn_at - opens_at).total_seconds() * 1000:.0f} ms after "
-        f"opens_at; first admissions seen {first_active * 1000:.0f} ms after the countdown "
-        f"ended; {len(admitted)} admitted of {len(cohort)} in the pre-queue\n"
+        f"\nopened: first admissions seen {first_active * 1000:.0f} ms after the countdown "
+        f"ended; line renumbered in drawn order at +"
+        f"{(drawn_at - opens_at).total_seconds() * 1000:.0f} ms; "
+        f"{len(admitted)} admitted of {len(cohort)} in the pre-queue\n"
         f"revealed seed: {seed}\n"
         "anyone can repeat the draw: sort the cohort's token ids by\n"
         "  hmac.new(bytes.fromhex(seed), token_id.encode(), hashlib.sha256).digest()\n"

@@ -115,7 +115,10 @@ def schedule_update_from_proto(
 def _setting(message: schedule_service_pb2.Schedule, name: str) -> Any:
     """A setting's value as the domain holds it."""
     if name == "opens_at":
-        return message.opens_at.ToDatetime(tzinfo=UTC)
+        try:
+            return message.opens_at.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError) as exc:
+            raise InvalidArgument("schedule.opens_at", "is not a valid time") from exc
     if name == "prequeue_order":
         if message.prequeue_order == schedule_service_pb2.PREQUEUE_ORDER_FIFO:
             return PrequeueOrder.FIFO

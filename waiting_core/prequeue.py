@@ -83,17 +83,17 @@ def check_opening_change(
     now: datetime,
     opened: bool,
 ) -> None:
-    """Refuse a change of opens_at or prequeue_order that comes too late or makes no sense.
+    """Refuse a change of opens_at or prequeue_order that makes no sense or comes too late.
 
+    A new opens_at must be in the future (INVALID_ARGUMENT); clearing it opens the sale now.
     ``opened``: the sale opened already (its opens_at came, it was drawn, or, with no
-    opens_at, somebody was admitted). Then neither may change (FAILED_PRECONDITION). A new
-    opens_at must be in the future (INVALID_ARGUMENT); clearing it opens the sale now.
+    opens_at, it has tokens). Then neither may change (FAILED_PRECONDITION).
     """
     moved, reordered = after[0] != before[0], after[1] != before[1]
     if not (moved or reordered):
         return
+    if moved and after[0] is not None and after[0] <= now:
+        raise InvalidArgument("schedule.opens_at", "must be in the future")
     if opened:
         field = "schedule.opens_at" if moved else "schedule.prequeue_order"
         raise FailedPrecondition(f"{field}: the sale has opened; it can no longer change")
-    if moved and after[0] is not None and after[0] <= now:
-        raise InvalidArgument("schedule.opens_at", "must be in the future")

@@ -150,11 +150,11 @@ def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
 
 def has_opened(row: ScheduleRow, now: datetime) -> bool:
     """Whether the schedule's sale has opened: it was drawn, its opens_at came, or it never
-    had one and somebody was admitted already."""
+    had one and has tokens already (they were admitted as they came)."""
     if row.drawn_at is not None:
         return True
     if row.opens_at is None:
-        return row.admitted_total > 0
+        return row.last_seq > 0
     return row.opens_at <= now
 
 
