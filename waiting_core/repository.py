@@ -824,27 +824,44 @@ async def record_admission_passes(
 
 # --- the pre-queue -----------------------------------------------------------------------
 
+# Tokens renumbered per statement: each statement stays well inside the driver's command
+# timeout (30 s), whatever the size of the line; all of them are one transaction.
+RENUMBER_CHUNK = 50_000
+
 _RENUMBER = text(
-    "UPDATE tokens SET seq = :base + ranked.place FROM ("
+    "UPDATE tokens SET seq = :next + ranked.place FROM ("
     " SELECT token_id, row_number() OVER ("
     "  ORDER BY draw_key IS NULL, draw_key, seq) AS place"
-    " FROM tokens WHERE schedule_id = :schedule_id AND status = 'PENDING'"
+    " FROM (SELECT token_id, draw_key, seq FROM tokens"
+    "  WHERE schedule_id = :schedule_id AND status = 'PENDING' AND seq <= :base"
+    "  ORDER BY draw_key IS NULL, draw_key, seq LIMIT :chunk) AS next_chunk"
     ") AS ranked WHERE tokens.token_id = ranked.token_id"
 )
 
 
 async def renumber_line(session: AsyncSession, schedule: ScheduleRow, now: datetime) -> int:
-    """Put the locked schedule's PENDING tokens in their order after the opening, in one
-    statement: the cohort by draw key, then the others by issue order, numbered after
-    every sequence number used so far (so no token that left the line counts, and
-    positions stay O(1)). Marks the schedule drawn; returns how many were renumbered."""
-    base = schedule.last_seq
-    result = await session.execute(_RENUMBER, {"base": base, "schedule_id": schedule.schedule_id})
-    renumbered = int(getattr(result, "rowcount", 0) or 0)
+    """Put the locked schedule's PENDING tokens in their order after the opening: the cohort
+    by draw key, then the others by issue order, numbered after every sequence number used
+    so far (so no token that left the line counts, and positions stay O(1)), RENUMBER_CHUNK
+    at a time, in the caller's transaction. Marks the schedule drawn; returns how many
+    tokens were renumbered."""
+    base = next_seq = schedule.last_seq
+    while True:
+        params = {
+            "next": next_seq,
+            "base": base,
+            "schedule_id": schedule.schedule_id,
+            "chunk": RENUMBER_CHUNK,
+        }
+        result = await session.execute(_RENUMBER, params)
+        done = int(getattr(result, "rowcount", 0) or 0)
+        next_seq += done
+        if done < RENUMBER_CHUNK:
+            break
     schedule.head_seq = base
-    schedule.last_seq = base + renumbered
+    schedule.last_seq = next_seq
     schedule.drawn_at = now
-    return renumbered
+    return next_seq - base
 
 
 # --- the outbox ---------------------------------------------------------------------------
