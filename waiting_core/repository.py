@@ -347,7 +347,7 @@ async def admit_oldest(
     """Turn the oldest PENDING tokens of each locked schedule ACTIVE, as many as its limit,
     all in one statement (a UNION ALL of one index range per schedule). For the schedules
     in ``by_draw`` (a shuffled sale opening, not renumbered yet) "oldest" means first by
-    draw key (the cohort), then by issue order.
+    draw key (the cohort), then, if the cohort falls short, by issue order.
 
     Only PENDING rows match, so a token is activated at most once (I4).
     """
@@ -355,11 +355,19 @@ async def admit_oldest(
     if not wanted:
         return []
     picks = [
-        _first_drawn(schedule.schedule_id, limit)
-        if schedule.schedule_id in by_draw
-        else select(TokenRow.token_id)
-        .where(TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING)
-        .order_by(TokenRow.seq)
+        (
+            select(TokenRow.token_id)
+            .where(
+                TokenRow.schedule_id == schedule.schedule_id,
+                TokenRow.status == _PENDING,
+                TokenRow.draw_key.is_not(None),
+            )
+            .order_by(TokenRow.draw_key)  # the cohort first (ix_tokens_draw)
+            if schedule.schedule_id in by_draw
+            else select(TokenRow.token_id)
+            .where(TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING)
+            .order_by(TokenRow.seq)
+        )
         .limit(limit)
         .subquery()
         for schedule, limit in wanted.items()
@@ -391,35 +399,16 @@ async def admit_oldest(
         schedule.active_count += 1
         schedule.pending_count -= 1
         schedule.admitted_total += 1
+    # A cohort smaller than the free slots: the others follow, in issue order.
+    admitted_of = Counter(token.schedule_id for token in admitted)
+    short = {
+        schedule: limit - admitted_of[schedule.schedule_id]
+        for schedule, limit in wanted.items()
+        if schedule.schedule_id in by_draw and admitted_of[schedule.schedule_id] < limit
+    }
+    if short:
+        admitted += await admit_oldest(session, short, now)
     return admitted
-
-
-def _first_drawn(schedule_id: int, limit: int) -> Any:
-    """The ``limit`` first PENDING tokens of a line not renumbered yet: the cohort by draw
-    key (ix_tokens_draw), then the others by issue order."""
-    mine = (TokenRow.schedule_id == schedule_id, TokenRow.status == _PENDING)
-    columns = (TokenRow.token_id, TokenRow.draw_key, TokenRow.seq)
-    cohort = (
-        select(*columns)
-        .where(*mine, TokenRow.draw_key.is_not(None))
-        .order_by(TokenRow.draw_key)
-        .limit(limit)
-        .subquery()
-    )
-    others = (
-        select(*columns)
-        .where(*mine, TokenRow.draw_key.is_(None))
-        .order_by(TokenRow.seq)
-        .limit(limit)
-        .subquery()
-    )
-    both = union_all(select(cohort), select(others)).subquery()
-    return (
-        select(both.c.token_id)
-        .order_by(both.c.draw_key.is_(None), both.c.draw_key, both.c.seq)
-        .limit(limit)
-        .subquery()
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -828,15 +817,22 @@ async def record_admission_passes(
 # timeout (30 s), whatever the size of the line; all of them are one transaction.
 RENUMBER_CHUNK = 50_000
 
-_RENUMBER = text(
+_UPDATE_SEQ = (
     "UPDATE tokens SET seq = :next + ranked.place FROM ("
-    " SELECT token_id, row_number() OVER ("
-    "  ORDER BY draw_key IS NULL, draw_key, seq) AS place"
-    " FROM (SELECT token_id, draw_key, seq FROM tokens"
-    "  WHERE schedule_id = :schedule_id AND status = 'PENDING' AND seq <= :base"
-    "  ORDER BY draw_key IS NULL, draw_key, seq LIMIT :chunk) AS next_chunk"
-    ") AS ranked WHERE tokens.token_id = ranked.token_id"
+    " SELECT token_id, row_number() OVER (ORDER BY {order}) AS place FROM ("
+    "  SELECT token_id, draw_key, seq FROM tokens"
+    "  WHERE schedule_id = :schedule_id AND status = 'PENDING' AND {where}"
+    "  ORDER BY {order} LIMIT :chunk) AS next_chunk"
+    ") AS ranked WHERE tokens.token_id = ranked.token_id RETURNING tokens.{returned}"
 )
+# The cohort, by draw key after the last chunk's (an index range of ix_tokens_draw).
+_RENUMBER_COHORT = text(
+    _UPDATE_SEQ.format(
+        order="draw_key", where="draw_key IS NOT NULL AND draw_key > :cursor", returned="draw_key"
+    )
+)
+# Then the others still numbered before the line (renumbered ones move after it).
+_RENUMBER_OTHERS = text(_UPDATE_SEQ.format(order="seq", where="seq <= :base", returned="seq"))
 
 
 async def renumber_line(session: AsyncSession, schedule: ScheduleRow, now: datetime) -> int:
@@ -846,15 +842,18 @@ async def renumber_line(session: AsyncSession, schedule: ScheduleRow, now: datet
     at a time, in the caller's transaction. Marks the schedule drawn; returns how many
     tokens were renumbered."""
     base = next_seq = schedule.last_seq
+    mine = {"schedule_id": schedule.schedule_id, "chunk": RENUMBER_CHUNK, "base": base}
+    cursor = b""
     while True:
-        params = {
-            "next": next_seq,
-            "base": base,
-            "schedule_id": schedule.schedule_id,
-            "chunk": RENUMBER_CHUNK,
-        }
-        result = await session.execute(_RENUMBER, params)
-        done = int(getattr(result, "rowcount", 0) or 0)
+        params = {**mine, "next": next_seq, "cursor": cursor}
+        keys = (await session.execute(_RENUMBER_COHORT, params)).scalars().all()
+        next_seq += len(keys)
+        if len(keys) < RENUMBER_CHUNK:
+            break
+        cursor = max(keys)
+    while True:
+        params = {**mine, "next": next_seq}
+        done = len((await session.execute(_RENUMBER_OTHERS, params)).scalars().all())
         next_seq += done
         if done < RENUMBER_CHUNK:
             break
