@@ -7,17 +7,19 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from sqlalchemy import select
 
 from activator.config import ActivatorSettings
 from activator.server import Activator
 from token_api.config import TokenApiSettings
 from token_api.server import TokenApi
-from tools.system import create_postgres_database
+from tools.system import Cluster, create_postgres_database
 from waiting.v1 import (
     queue_status_service_pb2,
     queue_status_service_pb2_grpc,
@@ -27,6 +29,8 @@ from waiting.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
+from waiting_core.database import Database
+from waiting_core.models import ScheduleRow
 
 RPC_TIMEOUT = 10.0
 __all__ = ["create_postgres_database"]
@@ -252,3 +256,70 @@ async def read_topic(
     finally:
         await consumer.stop()
     return found
+
+
+async def admitted(system: System, user_id: str, schedule_id: int) -> token_pb2.Token:
+    """Issue, wait until ACTIVE, and return the token as GetTokenStatus shows it (with its
+    admission pass)."""
+    token = await issue(system, user_id, schedule_id)
+
+    async def active() -> bool:
+        status = (await token_status(system, token.token_id)).status
+        return status == token_pb2.TOKEN_STATUS_ACTIVE
+
+    await eventually(active)
+    return await token_status(system, token.token_id)
+
+
+async def schedule_row(database: Database, schedule_id: int) -> ScheduleRow:
+    """The schedule's row as the store has it now."""
+    async with database.transaction(read_only=True) as session:
+        stmt = select(ScheduleRow).where(ScheduleRow.schedule_id == schedule_id)
+        return (await session.execute(stmt)).scalar_one()
+
+
+def process_cluster(database_url: str, bootstrap: str, log_dir: Path, **extra_env: str) -> Cluster:
+    """Service processes of one test on their own topics and consumer group, with a short
+    session timeout (a killed activator's partitions move within seconds)."""
+    suffix = secrets.token_hex(4)
+    return Cluster(
+        database_url,
+        bootstrap,
+        log_dir,
+        extra_env={
+            "WAITING_TOPIC": f"waiting-token-{suffix}",
+            "TOKEN_EVENTS_TOPIC": f"token-events-{suffix}",
+            "CONSUMER_GROUP": f"token-activate-{suffix}",
+            "CONSUMER_SESSION_TIMEOUT_MS": "6000",
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            **extra_env,
+        },
+    )
+
+
+class Downstream(token_service_pb2_grpc.TokenServiceServicer):
+    """Stands in for a reservation service behind a TokenGate: answers GetToken."""
+
+    async def GetToken(
+        self, request: object, context: object
+    ) -> token_service_pb2.GetTokenResponse:
+        return token_service_pb2.GetTokenResponse()
+
+
+GUARDED = "/waiting.v1.TokenService/GetToken"  # any unary method will do as "the reservation"
+
+
+@contextlib.asynccontextmanager
+async def downstream_behind(
+    gate: grpc.aio.ServerInterceptor,  # type: ignore[type-arg]
+) -> AsyncIterator[token_service_pb2_grpc.TokenServiceAsyncStub]:
+    """A Downstream server behind ``gate`` (whose guarded method is GUARDED); a stub on it."""
+    server = grpc.aio.server(interceptors=[gate])
+    token_service_pb2_grpc.add_TokenServiceServicer_to_server(Downstream(), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield token_service_pb2_grpc.TokenServiceStub(channel)
+    finally:
+        await server.stop(None)

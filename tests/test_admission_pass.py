@@ -21,9 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 
 from tests.helpers import (
+    GUARDED,
     RPC_TIMEOUT,
     System,
+    admitted,
     configure,
+    downstream_behind,
     eventually,
     issue,
     read_topic,
@@ -34,7 +37,6 @@ from waiting.v1 import (
     queue_status_service_pb2,
     token_pb2,
     token_service_pb2,
-    token_service_pb2_grpc,
 )
 from waiting_client import (
     SCHEDULE_HEADER,
@@ -46,17 +48,7 @@ from waiting_client import (
 )
 from waiting_core import passes
 
-GUARDED = "/waiting.v1.TokenService/GetToken"  # any unary method will do as "the reservation"
 Call = Callable[[str, int], Awaitable[grpc.StatusCode]]
-
-
-class Downstream(token_service_pb2_grpc.TokenServiceServicer):
-    """Stands in for a reservation service."""
-
-    async def GetToken(
-        self, request: object, context: object
-    ) -> token_service_pb2.GetTokenResponse:
-        return token_service_pb2.GetTokenResponse()
 
 
 class ForgerJwks:
@@ -75,12 +67,7 @@ class ForgerJwks:
 @contextlib.asynccontextmanager
 async def gated(verifier: PassVerifier) -> AsyncIterator[Call]:
     """A downstream server behind an offline TokenGate; yields a call function."""
-    server = grpc.aio.server(interceptors=[TokenGate(None, [GUARDED], verifier=verifier)])
-    token_service_pb2_grpc.add_TokenServiceServicer_to_server(Downstream(), server)  # type: ignore[abstract]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = token_service_pb2_grpc.TokenServiceStub(channel)
+    async with downstream_behind(TokenGate(None, [GUARDED], verifier=verifier)) as stub:
 
         async def call(admission_pass: str, schedule: int) -> grpc.StatusCode:
             metadata = (
@@ -96,7 +83,6 @@ async def gated(verifier: PassVerifier) -> AsyncIterator[Call]:
             return grpc.StatusCode.OK
 
         yield call
-    await server.stop(None)
 
 
 @pytest.fixture
@@ -111,17 +97,6 @@ async def gate(system: System, forger_key: passes.NewKey) -> AsyncIterator[Call]
         verifier = PassVerifier(KeySet(source), leeway_seconds=0)
         async with gated(verifier) as call:
             yield call
-
-
-async def active_pass(system: System, user_id: str, schedule_id: int) -> token_pb2.Token:
-    """Issue and wait until ACTIVE; the token as GetTokenStatus shows it."""
-    token = await issue(system, user_id, schedule_id)
-
-    async def admitted() -> bool:
-        return (await token_status(system, token.token_id)).status == token_pb2.TOKEN_STATUS_ACTIVE
-
-    await eventually(admitted)
-    return await token_status(system, token.token_id)
 
 
 def _event_of(record: ConsumerRecord[bytes, bytes], token_id: str) -> bool:
@@ -165,7 +140,7 @@ async def test_an_admitted_token_carries_one_pass_that_every_read_returns(
     system: System, schedule_id: int
 ) -> None:
     await configure(system, schedule_id, capacity=1)
-    holder = await active_pass(system, "holder", schedule_id)
+    holder = await admitted(system, "holder", schedule_id)
     waiter = await issue(system, "waiter", schedule_id)
 
     assert holder.admission_pass
@@ -207,7 +182,7 @@ async def test_an_admitted_token_carries_one_pass_that_every_read_returns(
 
 async def test_a_watch_gets_the_pass_at_admission(system: System, schedule_id: int) -> None:
     await configure(system, schedule_id, capacity=1)
-    holder = await active_pass(system, "holder", schedule_id)
+    holder = await admitted(system, "holder", schedule_id)
     waiter = await issue(system, "waiter", schedule_id)
     stream = system.queue.WatchToken(
         queue_status_service_pb2.WatchTokenRequest(token_id=waiter.token_id), timeout=RPC_TIMEOUT
@@ -232,7 +207,7 @@ async def test_a_watch_gets_the_pass_at_admission(system: System, schedule_id: i
 async def test_the_gate_admits_a_good_pass_with_no_call_per_request(
     system: System, gate: Call, schedule_id: int
 ) -> None:
-    holder = await active_pass(system, "holder", schedule_id)
+    holder = await admitted(system, "holder", schedule_id)
     assert await gate(holder.admission_pass, schedule_id) == grpc.StatusCode.OK
     assert await gate(holder.admission_pass, schedule_id) == grpc.StatusCode.OK
 
@@ -240,14 +215,14 @@ async def test_the_gate_admits_a_good_pass_with_no_call_per_request(
 async def test_another_schedules_pass_is_permission_denied(
     system: System, gate: Call, schedule_id: int
 ) -> None:
-    holder = await active_pass(system, "holder", schedule_id)
+    holder = await admitted(system, "holder", schedule_id)
     assert await gate(holder.admission_pass, schedule_id + 1) == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_forged_and_broken_passes_are_unauthenticated(
     system: System, gate: Call, forger_key: passes.NewKey, schedule_id: int
 ) -> None:
-    holder = await active_pass(system, "holder", schedule_id)
+    holder = await admitted(system, "holder", schedule_id)
     good = holder.admission_pass
     header, payload, signature = good.split(".")
     real_kid = jwt.get_unverified_header(good)["kid"]
@@ -313,8 +288,8 @@ async def test_a_gate_with_no_keys_fails_closed() -> None:
 async def test_revocation_mode_refuses_a_pass_given_up_early(
     system: System, schedule_id: int, kafka_bootstrap: str
 ) -> None:
-    holder = await active_pass(system, "holder", schedule_id)
-    done = await active_pass(system, "done-before-the-gate-started", schedule_id)
+    holder = await admitted(system, "holder", schedule_id)
+    done = await admitted(system, "done-before-the-gate-started", schedule_id)
     await system.tokens.CompleteToken(
         token_service_pb2.CompleteTokenRequest(token_id=done.token_id), timeout=RPC_TIMEOUT
     )

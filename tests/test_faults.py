@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,10 +21,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy.engine import make_url
 
 from tests.fault_harness import FaultReport, FaultRun, assert_invariants
-from tests.helpers import ADMIN_TOKEN, create_postgres_database, eventually, settings_for
+from tests.helpers import create_postgres_database, eventually, process_cluster, settings_for
 from token_api.server import TokenApi
 from tools.system import (
-    Cluster,
     cluster_bootstrap,
     kill_node,
     migrate,
@@ -85,20 +83,8 @@ async def _fault_run(
     proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
     await proxy.start()
     proxied_url = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
-    suffix = secrets.token_hex(4)
-    cluster = Cluster(
-        proxied_url,
-        bootstrap,
-        tmp_path / "logs",
-        extra_env={
-            "WAITING_TOPIC": f"waiting-token-{suffix}",
-            "TOKEN_EVENTS_TOPIC": f"token-events-{suffix}",
-            "CONSUMER_GROUP": f"token-activate-{suffix}",
-            "CONSUMER_SESSION_TIMEOUT_MS": "6000",
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-            "DATABASE_POOL_SIZE": "5",
-            **extra_env,
-        },
+    cluster = process_cluster(
+        proxied_url, bootstrap, tmp_path / "logs", DATABASE_POOL_SIZE="5", **extra_env
     )
     fault_run = FaultRun(cluster, direct_url)
     try:

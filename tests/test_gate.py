@@ -7,32 +7,18 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from tests.helpers import System, issue, set_capacity, wait_counts
+from tests.helpers import GUARDED, System, downstream_behind, issue, set_capacity, wait_counts
 from waiting.v1 import token_service_pb2, token_service_pb2_grpc
 from waiting_client import SCHEDULE_HEADER, TOKEN_HEADER, TokenGate
-
-GUARDED = "/waiting.v1.TokenService/GetToken"  # any unary method will do as "the reservation"
-
-
-class Downstream(token_service_pb2_grpc.TokenServiceServicer):
-    """Stands in for a reservation service: answers GetToken with a fixed token."""
-
-    async def GetToken(
-        self, request: object, context: object
-    ) -> token_service_pb2.GetTokenResponse:
-        return token_service_pb2.GetTokenResponse()
 
 
 @pytest.fixture
 async def downstream(system: System) -> AsyncIterator[token_service_pb2_grpc.TokenServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(system.token_api_address) as waiting_room:
-        server = grpc.aio.server(interceptors=[TokenGate(waiting_room, [GUARDED])])
-        token_service_pb2_grpc.add_TokenServiceServicer_to_server(Downstream(), server)  # type: ignore[abstract]
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield token_service_pb2_grpc.TokenServiceStub(channel)
-        await server.stop(None)
+    async with (
+        grpc.aio.insecure_channel(system.token_api_address) as waiting_room,
+        downstream_behind(TokenGate(waiting_room, [GUARDED])) as stub,
+    ):
+        yield stub
 
 
 async def _call(

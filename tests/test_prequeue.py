@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import select
 
 from activator.admission import Admitter
 from tests.helpers import (
@@ -21,6 +20,7 @@ from tests.helpers import (
     eventually,
     issue,
     queue_status,
+    schedule_row,
     token_status,
 )
 from waiting.v1 import (
@@ -31,7 +31,6 @@ from waiting.v1 import (
 from waiting_core import prequeue
 from waiting_core.database import Database
 from waiting_core.events import Topics
-from waiting_core.models import ScheduleRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.signing_keys import SigningKeys, key_config
 
@@ -220,7 +219,7 @@ async def test_many_activators_at_the_opening_draw_once(system: System, schedule
     cohort = [(await issue(system, f"race-{i}", schedule_id)).token_id for i in range(20)]
     settings = system.activator_settings
     async with Database(settings.database_url) as database:
-        before = await _schedule_row(database, schedule_id)
+        before = await schedule_row(database, schedule_id)
         topics = Topics(
             origin="activator", waiting=settings.waiting_topic, events=settings.events_topic
         )
@@ -232,7 +231,7 @@ async def test_many_activators_at_the_opening_draw_once(system: System, schedule
         ]
         await _wait_opened(opens_at)
         await asyncio.gather(*(admitter.settle(schedule_id) for admitter in admitters))
-        after = await _schedule_row(database, schedule_id)
+        after = await schedule_row(database, schedule_id)
 
     # One admitted by draw key at the opening, then the other 19 renumbered, once.
     assert after.drawn_at is not None
@@ -243,12 +242,6 @@ async def test_many_activators_at_the_opening_draw_once(system: System, schedule
     views = await _line(system, cohort)
     assert views[expected[0]].status == ACTIVE
     assert [views[t].position for t in expected[1:]] == list(range(1, len(cohort)))
-
-
-async def _schedule_row(database: Database, schedule_id: int) -> ScheduleRow:
-    async with database.transaction(read_only=True) as session:
-        stmt = select(ScheduleRow).where(ScheduleRow.schedule_id == schedule_id)
-        return (await session.execute(stmt)).scalar_one()
 
 
 # --- the draw is uniform -----------------------------------------------------------------

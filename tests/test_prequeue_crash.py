@@ -11,13 +11,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tests.helpers import ADMIN_TOKEN, eventually
-from tools.system import Cluster
+from tests.helpers import eventually, process_cluster, schedule_row
 from waiting_core import prequeue, repository
 from waiting_core.bulk import load_pending
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
-from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.models import TokenRow
 
 COHORT = 150_000
 CAPACITY = 10
@@ -34,12 +33,6 @@ async def _prepare(database: Database, schedule_id: int, opens_at: datetime) -> 
         return await load_pending(session, schedule_id, COHORT, datetime.now(UTC))
 
 
-async def _schedule(database: Database, schedule_id: int) -> ScheduleRow:
-    async with database.transaction(read_only=True) as session:
-        stmt = select(ScheduleRow).where(ScheduleRow.schedule_id == schedule_id)
-        return (await session.execute(stmt)).scalar_one()
-
-
 async def _line(database: Database, schedule_id: int) -> list[tuple[str, TokenStatus]]:
     async with database.transaction(read_only=True) as session:
         stmt = (
@@ -54,23 +47,11 @@ async def test_a_draw_killed_midway_completes_once_after_restart(
     fresh_database: Callable[[], str], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     url = await asyncio.to_thread(fresh_database)
-    suffix = secrets.token_hex(4)
-    cluster = Cluster(
-        url,
-        kafka_bootstrap,
-        tmp_path / "logs",
-        extra_env={
-            "WAITING_TOPIC": f"waiting-token-{suffix}",
-            "TOKEN_EVENTS_TOPIC": f"token-events-{suffix}",
-            "CONSUMER_GROUP": f"token-activate-{suffix}",
-            "CONSUMER_SESSION_TIMEOUT_MS": "6000",
-            "ADMIN_TOKEN": ADMIN_TOKEN,
-        },
-    )
+    cluster = process_cluster(url, kafka_bootstrap, tmp_path / "logs")
     schedule_id = 1 + secrets.randbelow(10**9)
     async with Database(url) as database:
         cohort = await _prepare(database, schedule_id, datetime.now(UTC) + timedelta(hours=1))
-        before = await _schedule(database, schedule_id)
+        before = await schedule_row(database, schedule_id)
         try:
             # SERVING once its consumer joined the group (and so owns the partitions).
             activator = await asyncio.to_thread(cluster.start, "activator")
@@ -79,7 +60,7 @@ async def test_a_draw_killed_midway_completes_once_after_restart(
             # line: that takes longer than this for COHORT tokens, and commits at its end.
             await asyncio.sleep((opens_at - datetime.now(UTC)).total_seconds() + 0.4)
             await asyncio.to_thread(activator.kill)
-            interrupted = await _schedule(database, schedule_id)
+            interrupted = await schedule_row(database, schedule_id)
             assert interrupted.drawn_at is None, "the draw finished before the kill: raise COHORT"
             assert interrupted.last_seq == before.last_seq  # nothing of it was kept
             assert [t for t, _ in await _line(database, schedule_id)] == cohort
@@ -87,12 +68,12 @@ async def test_a_draw_killed_midway_completes_once_after_restart(
             await asyncio.to_thread(cluster.start, "activator")
 
             async def drawn() -> bool:
-                return (await _schedule(database, schedule_id)).drawn_at is not None
+                return (await schedule_row(database, schedule_id)).drawn_at is not None
 
             await eventually(drawn, timeout=120)
         finally:
             await asyncio.to_thread(cluster.stop_all)
-        after = await _schedule(database, schedule_id)
+        after = await schedule_row(database, schedule_id)
         line = await _line(database, schedule_id)
 
     # The first CAPACITY drawn were admitted at the opening; the rest renumbered once.

@@ -30,12 +30,11 @@ from tests.conftest import IN_CI
 from tests.helpers import (
     RPC_TIMEOUT,
     System,
+    admitted,
     configure,
     eventually,
-    issue,
     running_system,
     settings_for,
-    token_status,
 )
 from tools.system import free_port
 from waiting.v1 import (
@@ -101,16 +100,6 @@ async def _kids(url: str) -> set[str]:
     return {key["kid"] for key in (await _get(url))[0]["keys"]}
 
 
-async def _active(system: System, user_id: str, schedule_id: int) -> token_pb2.Token:
-    token = await issue(system, user_id, schedule_id)
-
-    async def admitted() -> bool:
-        return (await token_status(system, token.token_id)).status == token_pb2.TOKEN_STATUS_ACTIVE
-
-    await eventually(admitted)
-    return await token_status(system, token.token_id)
-
-
 async def _rotate(system: System) -> schedule_service_pb2.RotateSigningKeyResponse:
     return await system.schedules.RotateSigningKey(
         schedule_service_pb2.RotateSigningKeyRequest(), timeout=RPC_TIMEOUT
@@ -123,7 +112,7 @@ async def _pass_signed_by(
     """Admit users until one's pass is signed by ``kid`` (a rotated-in key signs after
     PREPUBLISH seconds, and activators read keys once a second)."""
     for user in range(200):
-        token = await _active(system, f"{prefix}-{user}", schedule_id)
+        token = await admitted(system, f"{prefix}-{user}", schedule_id)
         if _kid(token.admission_pass) == kid:
             return token
         await asyncio.sleep(0.1)
@@ -137,7 +126,7 @@ def _kid(admission_pass: str) -> str:
 async def test_both_services_publish_the_same_public_jwks(
     keyed: KeyedSystem, schedule_id: int
 ) -> None:
-    holder = await _active(keyed.system, "holder", schedule_id)
+    holder = await admitted(keyed.system, "holder", schedule_id)
     document, headers = await _get(keyed.jwks_url)
     from_activator, _ = await _get(keyed.activator_jwks_url)
     over_grpc = await keyed.system.tokens.GetSigningKeys(
@@ -230,7 +219,7 @@ def _verify_in_go(
 async def test_a_go_backend_verifies_a_pass_from_the_jwks_url_alone(
     keyed: KeyedSystem, go_verifier: Path, schedule_id: int
 ) -> None:
-    holder = await _active(keyed.system, "go-user", schedule_id)
+    holder = await admitted(keyed.system, "go-user", schedule_id)
     claims = await asyncio.to_thread(
         _verify_in_go, go_verifier, keyed.jwks_url, holder.admission_pass, schedule_id
     )
@@ -349,7 +338,7 @@ async def test_private_keys_never_reach_a_log_line(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     await _rotate(keyed.system)
-    await _active(keyed.system, "logged", schedule_id)
+    await admitted(keyed.system, "logged", schedule_id)
     database = keyed.system.token_api.database
     async with database.transaction(read_only=True) as session:
         pems = [row.private_pem for row in await repository.signing_keys(session)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -41,7 +41,7 @@ class HttpPort:
         self,
         host: str,
         port: int,
-        jwks: Callable[[], Awaitable[str]] | None = None,
+        jwks: Callable[[], Coroutine[Any, Any, str]] | None = None,
         jwks_max_age_seconds: int = 60,
     ) -> None:
         self._host = host
@@ -109,9 +109,5 @@ class HttpPort:
     def _read_jwks(self) -> str:
         if self._jwks is None or self._loop is None:
             raise RuntimeError("no JWK Set")
-        future = asyncio.run_coroutine_threadsafe(_call(self._jwks), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._jwks(), self._loop)
         return future.result(timeout=JWKS_READ_TIMEOUT)
-
-
-async def _call(read: Callable[[], Awaitable[str]]) -> str:
-    return await read()

@@ -76,6 +76,18 @@ def awaiting_draw(opens_at: datetime | None, drawn_at: datetime | None) -> bool:
     return opens_at is not None and drawn_at is None
 
 
+def has_opened(
+    opens_at: datetime | None, drawn_at: datetime | None, has_tokens: bool, now: datetime
+) -> bool:
+    """Whether a schedule's sale has opened: it was drawn, its opens_at came, or it never
+    had one and has tokens already (they were admitted as they came)."""
+    if drawn_at is not None:
+        return True
+    if opens_at is None:
+        return has_tokens
+    return opens_at <= now
+
+
 def check_opening_change(
     before: tuple[datetime | None, PrequeueOrder],
     after: tuple[datetime | None, PrequeueOrder],

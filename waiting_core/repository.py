@@ -148,16 +148,6 @@ def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
     )
 
 
-def has_opened(row: ScheduleRow, now: datetime) -> bool:
-    """Whether the schedule's sale has opened: it was drawn, its opens_at came, or it never
-    had one and has tokens already (they were admitted as they came)."""
-    if row.drawn_at is not None:
-        return True
-    if row.opens_at is None:
-        return row.last_seq > 0
-    return row.opens_at <= now
-
-
 async def apply_settings(
     session: AsyncSession, update: ScheduleUpdate, now: datetime
 ) -> tuple[ScheduleSettings, ScheduleSettings]:
@@ -169,7 +159,7 @@ async def apply_settings(
         (previous.opens_at, previous.prequeue_order),
         (settings.opens_at, settings.prequeue_order),
         now=now,
-        opened=has_opened(row, now),
+        opened=prequeue.has_opened(row.opens_at, row.drawn_at, row.last_seq > 0, now),
     )
     if not domain.abandons(previous.pending_ttl_seconds) and domain.abandons(
         settings.pending_ttl_seconds
