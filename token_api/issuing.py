@@ -2,7 +2,8 @@
 
 One task takes every request that is waiting and, for the whole group:
 
-1. reads the callers' tokens for their schedules in one statement (no lock, no write);
+1. reads what the callers hold in their schedules in one lean statement (no ORM, no lock,
+   no write: ``waiting_core.held_tokens``);
 2. answers a caller who holds a live token with that token (I5);
 3. derives every other caller's token id from (schedule, user, how many tokens the user had)
    with the shared secret (``waiting_core.token_ids``), so racing calls on any process get
@@ -32,8 +33,10 @@ from waiting_core.database import Database
 from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.errors import Unavailable
 from waiting_core.events import Topics, create_token_record
+from waiting_core.held_tokens import HeldTokens
 from waiting_core.identity import TokenIdSource
 from waiting_core.messages import token_to_proto, unplaced_token_to_proto
+from waiting_core.models import TokenRow
 from waiting_core.producer import LazyProducer
 from waiting_core.worker import BackgroundWorker
 
@@ -67,9 +70,15 @@ class IssueBatcher(BackgroundWorker):
     name = "issue-batcher"
 
     def __init__(
-        self, database: Database, ids: TokenIdSource, producer: LazyProducer, topics: Topics
+        self,
+        database: Database,
+        held: HeldTokens,
+        ids: TokenIdSource,
+        producer: LazyProducer,
+        topics: Topics,
     ) -> None:
         self._database = database
+        self._held = held
         self._ids = ids
         self._producer = producer
         self._topics = topics
@@ -118,9 +127,9 @@ class IssueBatcher(BackgroundWorker):
         """Answer the callers who hold a live token; send the new tokens' events."""
         pairs = list(dict.fromkeys((r.schedule_id, r.user_id) for r in group.requests))
         ids = await self._ids.get()
-        async with self._database.single_read() as session:
-            held = await repository.users_tokens(session, pairs)
-        live = {pair: t for pair, ts in held.items() for t in ts if t.status.is_live}
+        held = await self._held.held(pairs)
+        generations = {pair: held[pair].tokens for pair in pairs}
+        live = await self._live_tokens([pair for pair in pairs if held[pair].live], generations)
         positions = {t.token_id: 0 for t in live.values()}
         if any(t.status == TokenStatus.PENDING for t in live.values()):  # returning waiters
             async with self._database.transaction(read_only=True) as session:
@@ -132,11 +141,23 @@ class IssueBatcher(BackgroundWorker):
                 group.answers[pair] = token_to_proto(token, positions[token.token_id])
                 continue
             schedule_id, user_id = pair
-            token_id = ids.derive(schedule_id, user_id, generation=len(held[pair]))
+            token_id = ids.derive(schedule_id, user_id, generation=generations[pair])
             group.newcomers.append(NewToken(token_id, user_id, schedule_id, now))
             group.answers[pair] = unplaced_token_to_proto(token_id, schedule_id, user_id, now)
         _answer(group, returning_only=True)
         return await self._send(group.newcomers)
+
+    async def _live_tokens(
+        self, returning: list[Pair], generations: dict[Pair, int]
+    ) -> dict[Pair, TokenRow]:
+        """The live tokens of returning users (rare, so through the ORM). A token that ended
+        since the lean read is not live: its user gets the next generation's id."""
+        if not returning:
+            return {}
+        async with self._database.single_read() as session:
+            tokens = await repository.users_tokens(session, returning)
+        generations.update((pair, len(ts)) for pair, ts in tokens.items())
+        return {pair: t for pair, ts in tokens.items() for t in ts if t.status.is_live}
 
     async def _send(self, newcomers: Sequence[NewToken]) -> list[asyncio.Future[object]]:
         if not newcomers:

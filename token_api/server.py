@@ -20,6 +20,7 @@ from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.health import KafkaCheck, database_check
+from waiting_core.held_tokens import held_tokens_for
 from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
 from waiting_core.producer import LazyProducer
@@ -63,7 +64,8 @@ class TokenApi(serving.GrpcService):
             linger_ms=settings.producer_linger_ms,
             request_timeout_ms=int(settings.issue_timeout_seconds * 1000),
         )
-        self.batcher = IssueBatcher(self.database, self.ids, producer, topics)
+        self.held = held_tokens_for(settings.database_url)
+        self.batcher = IssueBatcher(self.database, self.held, self.ids, producer, topics)
         self.releaser = ReleaseBatcher(self.relay, topics)
         self.seen = SeenTokens(self.database)
         server = serving.new_server(
@@ -90,7 +92,7 @@ class TokenApi(serving.GrpcService):
             "token_api",
             server,
             SERVICE_NAMES,
-            [self.database, self.relay, self.batcher, self.releaser, self.seen],
+            [self.database, self.held, self.relay, self.batcher, self.releaser, self.seen],
             # Ready when an issue can be taken: the store answers and so does the broker.
             checks=[database_check(self.database), KafkaCheck(settings.kafka_bootstrap)],
             host=settings.host,
