@@ -64,10 +64,12 @@ OUT = ROOT / "bench"
 ADMIN = "bench-admin"
 AUTH = (("authorization", f"Bearer {ADMIN}"),)
 RUSH_CONCURRENCY = 32
-# Warm-up: load in steps of this length until the broker's JIT compiler uses less than this
-# share of a core (or --warmup-seconds have passed).
+# Warm-up: load in steps of this length until, WARM_QUIET_STEPS steps in a row, the broker's JIT
+# compiler used less than this share of a core (or --warmup-seconds have passed).
 WARM_UP_STEP_SECONDS = 5.0
-WARM_COMPILER_SHARE = 0.05
+STATUS_CALLS_PER_SECOND = 400  # beside the TTLs of the many-schedules run (the issue's load)
+WARM_QUIET_STEPS = 3
+WARM_COMPILER_SHARE = 0.02
 SECTIONS = ("issue", "release", "to_active", "drain", "status", "gate", "prequeue", "many")
 TARGETS = {
     "issue_rps_ratio": ("IssueToken rps / echo rps, c=32", ">=", 0.6),
@@ -225,6 +227,29 @@ async def closed_loop(
             result.latencies_ms.append((time.perf_counter() - started) * 1000)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return result
+
+
+async def paced_load(
+    call: Callable[[int], Awaitable[Any]], per_second: float, seconds: float, callers: int = 32
+) -> LoadResult:
+    """Calls started at a steady ``per_second`` (open loop, up to ``callers`` in flight)."""
+    result = LoadResult(callers, seconds)
+    start = time.perf_counter()
+    slots = iter(range(int(per_second * seconds)))
+
+    async def caller() -> None:
+        for i in slots:
+            await asyncio.sleep(max(0.0, start + i / per_second - time.perf_counter()))
+            started = time.perf_counter()
+            try:
+                await call(i)
+            except grpc.aio.AioRpcError:
+                result.errors += 1
+                continue
+            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
     return result
 
 
@@ -389,13 +414,15 @@ class Bench:
                 timeout=10,
             )
 
-        started = time.perf_counter()
-        while time.perf_counter() - started < self.args.warmup_seconds:
+        started, quiet_steps = time.perf_counter(), 0
+        while (
+            quiet_steps < WARM_QUIET_STEPS
+            and time.perf_counter() - started < self.args.warmup_seconds
+        ):
             compiled_before = _compiler_seconds(broker)
             await closed_loop(issue, 32, WARM_UP_STEP_SECONDS)
             compiling = (_compiler_seconds(broker) - compiled_before) / WARM_UP_STEP_SECONDS
-            if compiling < WARM_COMPILER_SHARE:
-                break
+            quiet_steps = quiet_steps + 1 if compiling < WARM_COMPILER_SHARE else 0
         self.results["warm_up_seconds"] = round(time.perf_counter() - started, 1)
 
     async def _release_latency(
@@ -746,14 +773,12 @@ class Bench:
         rng = random.Random(5)
 
         async def status(_: int) -> Any:
-            reply = await queue.GetTokenStatus(
+            return await queue.GetTokenStatus(
                 queue_status_service_pb2.GetTokenStatusRequest(token_id=rng.choice(waiters)),
                 timeout=10,
             )
-            await asyncio.sleep(0.02)  # eight callers: at most ~400 calls a second
-            return reply
 
-        load = await closed_loop(status, 8, spread + 5)
+        load = await paced_load(status, STATUS_CALLS_PER_SECOND, spread + 5)
         holders = {holder: schedule_id for schedule_id, (holder, _) in lines.items()}
         async with db.transaction(read_only=True) as session:
             rows = (

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
 
 from waiting_core.errors import StorageUnavailable
 from waiting_core.migrate import SchemaOutOfDate, check_revision
-from waiting_core.sqlite_locking import WRITE_LOCK_TIMEOUT, PollingWriterConnection
+from waiting_core.sqlite_inline import BUSY_TIMEOUT, inline_connector
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,9 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # The statements run in the event loop's thread; the write lock is awaited (sqlite_inline).
     engine = create_async_engine(
-        url,
-        echo=echo,
-        connect_args={"timeout": WRITE_LOCK_TIMEOUT, "factory": PollingWriterConnection},
+        url, echo=echo, async_creator=inline_connector(database or ":memory:")
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -170,7 +169,7 @@ def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(WRITE_LOCK_TIMEOUT * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -40,6 +40,25 @@ _UNPARSABLE = object()
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
+class WrappedHandlers:
+    """An interceptor's wrapped handler per method, built once: grpc hands every call of a
+    method the same handler, so wrapping it per call only made garbage. A different handler
+    for the method (an interceptor's refusal) is wrapped anew and not kept."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def get(self, method: str, handler: Handler, wrap: Callable[[Handler], Handler]) -> Handler:
+        """``wrap(handler)``, from the cache when ``handler`` is the one seen before."""
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap(handler)
+        if cached is None:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     """The code an exception maps to, found along its MRO; None when unmapped."""
     for klass in type(exc).__mro__:
@@ -118,6 +137,9 @@ def _wrap_stream(
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps domain errors to status codes for unary-unary and unary-stream methods."""
 
+    def __init__(self) -> None:
+        self._handlers = WrappedHandlers()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
@@ -126,17 +148,22 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        deserializer = _tolerant(handler.request_deserializer)
-        if inspect.iscoroutinefunction(handler.unary_unary):
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, handler_call_details.method),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, handler_call_details.method),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        method = handler_call_details.method
+        return self._handlers.get(method, handler, lambda h: _mapping(h, method))
+
+
+def _mapping(handler: Handler, method: str) -> Handler:
+    deserializer = _tolerant(handler.request_deserializer)
+    if inspect.iscoroutinefunction(handler.unary_unary):
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary, method),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if inspect.isasyncgenfunction(handler.unary_stream):
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(handler.unary_stream, method),
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler

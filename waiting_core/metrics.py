@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from waiting_core.grpc_errors import Handler, status_for
+from waiting_core.grpc_errors import Handler, WrappedHandlers, status_for
 
 TOKENS_ISSUED = Counter("waiting_tokens_issued_total", "Tokens issued")
 TOKENS_ADMITTED = Counter("waiting_tokens_admitted_total", "Tokens made ACTIVE")
@@ -105,6 +105,9 @@ def _code_of(exc: BaseException) -> str:
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts unary RPCs by method and status code, and times them."""
 
+    def __init__(self) -> None:
+        self._handlers = WrappedHandlers()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
@@ -114,24 +117,33 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
-        behavior: Callable[..., Awaitable[Any]] = handler.unary_unary
+        return self._handlers.get(method, handler, lambda h: _timed(h, method))
 
-        async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                return await behavior(request, context)
-            except BaseException as exc:
-                code = _code_of(exc)
-                raise
-            finally:
-                if code == "ABORTED_BY_HANDLER":
-                    code = context.code().name if context.code() else "UNKNOWN"
-                RPCS.labels(method, code).inc()
-                RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+def _timed(handler: Handler, method: str) -> Handler:
+    behavior: Callable[..., Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+    seconds = RPC_SECONDS.labels(method)
+    counted: dict[str, Any] = {}  # the counter child of each code, found once
+
+    async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await behavior(request, context)
+        except BaseException as exc:
+            code = _code_of(exc)
+            raise
+        finally:
+            if code == "ABORTED_BY_HANDLER":
+                code = context.code().name if context.code() else "UNKNOWN"
+            counter = counted.get(code)
+            if counter is None:
+                counter = counted[code] = RPCS.labels(method, code)
+            counter.inc()
+            seconds.observe(time.perf_counter() - started)
+
+    return grpc.unary_unary_rpc_method_handler(
+        timed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
