@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.protocol.metadata import MetadataRequest
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio re-exports
 from sqlalchemy import text
@@ -128,13 +130,23 @@ class KafkaCheck:
                 self._client = client
                 await client.bootstrap()
             else:
-                await self._client.fetch_all_metadata()
+                await self._ask_for_brokers(self._client)
         except (Exception, asyncio.CancelledError) as exc:
             await self.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return f"Kafka broker at {self._bootstrap} unreachable ({type(exc).__name__})"
         return None
+
+    @staticmethod
+    async def _ask_for_brokers(client: AIOKafkaClient) -> None:
+        """A metadata request for no topic: the brokers answer with themselves only. (Asking
+        for all topics cost an idle activator 1-2% of a core on a broker with a few hundred
+        topics, decoding them every 2 s.)"""
+        node = client.get_random_node()
+        if node is None:
+            raise KafkaConnectionError("no broker known")
+        await client.send(node, MetadataRequest([], allow_auto_topic_creation=False))
 
     async def close(self) -> None:
         """Close the client, if any."""
