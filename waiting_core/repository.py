@@ -10,6 +10,7 @@ planners can match them to the indexes in ``models.py``.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -804,8 +805,11 @@ async def record_admission_passes(
 # --- the pre-queue -----------------------------------------------------------------------
 
 # Tokens renumbered per statement: each statement stays well inside the driver's command
-# timeout (30 s), whatever the size of the line; all of them are one transaction.
+# timeout (30 s), whatever the size of the line; all of them are one transaction. SQLite's
+# statements run in the event loop's thread (sqlite_inline), so there a statement is kept
+# short (about 0.1 s) and the loop gets a turn between them: status reads go on meanwhile.
 RENUMBER_CHUNK = 50_000
+RENUMBER_CHUNK_SQLITE = 5_000
 
 _UPDATE_SEQ = (
     "UPDATE tokens SET seq = :next + ranked.place FROM ("
@@ -832,21 +836,25 @@ async def renumber_line(session: AsyncSession, schedule: ScheduleRow, now: datet
     at a time, in the caller's transaction. Marks the schedule drawn; returns how many
     tokens were renumbered."""
     base = next_seq = schedule.last_seq
-    mine = {"schedule_id": schedule.schedule_id, "chunk": RENUMBER_CHUNK, "base": base}
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    chunk = RENUMBER_CHUNK_SQLITE if sqlite else RENUMBER_CHUNK
+    mine = {"schedule_id": schedule.schedule_id, "chunk": chunk, "base": base}
     cursor = b""
     while True:
         params = {**mine, "next": next_seq, "cursor": cursor}
         keys = (await session.execute(_RENUMBER_COHORT, params)).scalars().all()
         next_seq += len(keys)
-        if len(keys) < RENUMBER_CHUNK:
+        if len(keys) < chunk:
             break
         cursor = max(keys)
+        await asyncio.sleep(0)  # let other tasks run between statements
     while True:
         params = {**mine, "next": next_seq}
         done = len((await session.execute(_RENUMBER_OTHERS, params)).scalars().all())
         next_seq += done
-        if done < RENUMBER_CHUNK:
+        if done < chunk:
             break
+        await asyncio.sleep(0)
     schedule.head_seq = base
     schedule.last_seq = next_seq
     schedule.drawn_at = now
