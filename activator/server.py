@@ -41,8 +41,10 @@ class Activator(serving.GrpcService):
             replication=settings.topic_replication_factor,
         )
         # Two pools: a flood of status reads and watch streams must never starve admission.
-        self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
-        self.read_database = Database(settings.database_url, pool_size=settings.database_pool_size)
+        # SQLite runs in this loop's thread (see waiting_core/sqlite_connections.py).
+        pool = settings.database_pool_size
+        self.database = Database(settings.database_url, pool_size=pool, sqlite_in_loop=True)
+        self.read_database = Database(settings.database_url, pool_size=pool, sqlite_in_loop=True)
         self.relay = OutboxRelay(
             self.database,
             settings.kafka_bootstrap,

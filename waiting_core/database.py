@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
 
 from waiting_core.errors import StorageUnavailable
 from waiting_core.migrate import SchemaOutOfDate, check_revision
-from waiting_core.sqlite_inline import BUSY_TIMEOUT, inline_connector
+from waiting_core.sqlite_connections import BUSY_TIMEOUT, PollingWriterConnection, inline_connector
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,13 @@ def _is_unreachable(exc: BaseException) -> bool:
 class Database:
     """Owns the async engine; hands out framed transactions. ``start``/``stop`` are idempotent."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, echo: bool = False, sqlite_in_loop: bool = False
+    ) -> None:
+        """``sqlite_in_loop``: run SQLite statements in the event loop's thread rather than
+        in aiosqlite's (see ``sqlite_connections``); no effect on PostgreSQL."""
         self.url = url
+        self._sqlite_in_loop = sqlite_in_loop
         self._pool_size = pool_size
         self._echo = echo
         self._engine: AsyncEngine | None = None
@@ -74,7 +79,7 @@ class Database:
         """
         if self._engine is not None:
             return
-        self._engine = _create_engine(self.url, self._pool_size, self._echo)
+        self._engine = _create_engine(self.url, self._pool_size, self._echo, self._sqlite_in_loop)
         await self._check_schema(self._engine)
         reader_engine = self._engine.execution_options(**{_READ_ONLY: True})
         self._writer = async_sessionmaker(self._engine, expire_on_commit=False)
@@ -134,10 +139,10 @@ class Database:
             raise
 
 
-def _create_engine(url: str, pool_size: int, echo: bool) -> AsyncEngine:
+def _create_engine(url: str, pool_size: int, echo: bool, sqlite_in_loop: bool) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _create_sqlite_engine(url, echo)
+        return _create_sqlite_engine(url, echo, sqlite_in_loop)
     return create_async_engine(
         url,
         echo=echo,
@@ -152,14 +157,20 @@ def _create_engine(url: str, pool_size: int, echo: bool) -> AsyncEngine:
     )
 
 
-def _create_sqlite_engine(url: str, echo: bool) -> AsyncEngine:
+def _create_sqlite_engine(url: str, echo: bool, in_loop: bool) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    # The statements run in the event loop's thread; the write lock is awaited (sqlite_inline).
-    engine = create_async_engine(
-        url, echo=echo, async_creator=inline_connector(database or ":memory:")
-    )
+    if in_loop:
+        engine = create_async_engine(
+            url, echo=echo, async_creator=inline_connector(database or ":memory:")
+        )
+    else:
+        engine = create_async_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": BUSY_TIMEOUT, "factory": PollingWriterConnection},
+        )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

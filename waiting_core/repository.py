@@ -805,9 +805,10 @@ async def record_admission_passes(
 # --- the pre-queue -----------------------------------------------------------------------
 
 # Tokens renumbered per statement: each statement stays well inside the driver's command
-# timeout (30 s), whatever the size of the line; all of them are one transaction. SQLite's
-# statements run in the event loop's thread (sqlite_inline), so there a statement is kept
-# short (about 0.1 s) and the loop gets a turn between them: status reads go on meanwhile.
+# timeout (30 s), whatever the size of the line; all of them are one transaction. The
+# activator runs SQLite's statements in its event loop's thread (sqlite_connections), so
+# there a statement is kept short (about 0.1 s) and the loop gets a turn between them:
+# status reads go on meanwhile.
 RENUMBER_CHUNK = 50_000
 RENUMBER_CHUNK_SQLITE = 5_000
 
