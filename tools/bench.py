@@ -208,6 +208,17 @@ def cpu_meter(pids: dict[str, int]) -> Iterator[CpuUse]:
     use.processes = {name: _process_seconds(p) - before[name] for name, p in processes.items()}
 
 
+async def _timed_call(call: Callable[[int], Awaitable[Any]], i: int, result: LoadResult) -> None:
+    """One call into ``result``: its latency, or an error."""
+    started = time.perf_counter()
+    try:
+        await call(i)
+    except grpc.aio.AioRpcError:
+        result.errors += 1
+        return
+    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+
 async def closed_loop(
     call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float
 ) -> LoadResult:
@@ -218,13 +229,7 @@ async def closed_loop(
 
     async def worker() -> None:
         while time.perf_counter() < end:
-            started = time.perf_counter()
-            try:
-                await call(next(counter))
-            except grpc.aio.AioRpcError:
-                result.errors += 1
-                continue
-            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            await _timed_call(call, next(counter), result)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return result
@@ -241,13 +246,7 @@ async def paced_load(
     async def caller() -> None:
         for i in slots:
             await asyncio.sleep(max(0.0, start + i / per_second - time.perf_counter()))
-            started = time.perf_counter()
-            try:
-                await call(i)
-            except grpc.aio.AioRpcError:
-                result.errors += 1
-                continue
-            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            await _timed_call(call, i, result)
 
     await asyncio.gather(*(caller() for _ in range(callers)))
     return result
