@@ -17,12 +17,16 @@ from waiting_core.events import Topics
 from waiting_core.health import KafkaCheck, database_check
 from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
+from waiting_core.raw_reads import raw_reads_for
 from waiting_core.seen import SeenTokens
 from waiting_core.signing_keys import SigningKeys, key_config
+from waiting_core.token_lookup import TokenLookup
 
 log = logging.getLogger(__name__)
 
 LEFTOVER_SCAN_SECONDS = 5.0
+# PostgreSQL connections of the status lookup outside the ORM (on top of the two pools).
+RAW_READ_CONNECTIONS = 4
 
 SERVICE_NAMES = (
     queue_status_service_pb2.DESCRIPTOR.services_by_name["QueueStatusService"].full_name,
@@ -54,6 +58,8 @@ class Activator(serving.GrpcService):
             # failed publish or an earlier process left behind.
             poll_interval=LEFTOVER_SCAN_SECONDS,
         )
+        # GetTokenStatus's lookup, outside the ORM (raw_reads).
+        self.raw_reads = raw_reads_for(settings.database_url, pool_size=RAW_READ_CONNECTIONS)
         self.seen = SeenTokens(self.database)
         self.ids = TokenIdSource(self.database)
         self.hub = WatchHub(self.read_database, self.seen, self.ids)
@@ -67,7 +73,10 @@ class Activator(serving.GrpcService):
         )
         server = serving.new_server()
         queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server(
-            QueueStatusService(self.read_database, self.hub, self.seen, self.ids), server
+            QueueStatusService(
+                self.read_database, TokenLookup(self.raw_reads), self.hub, self.seen, self.ids
+            ),
+            server,
         )
         super().__init__(
             "activator",
@@ -76,6 +85,7 @@ class Activator(serving.GrpcService):
             [
                 self.database,
                 self.read_database,
+                self.raw_reads,
                 self.relay,
                 self.hub,
                 self.seen,

@@ -10,13 +10,14 @@ from activator.status import read_queue_view, token_view
 from activator.watch import WatchHub
 from waiting.v1 import queue_status_service_pb2 as pb
 from waiting.v1 import queue_status_service_pb2_grpc
-from waiting_core import domain, repository
+from waiting_core import domain
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import TokenNotFound
 from waiting_core.events import timestamp
 from waiting_core.identity import TokenIdSource
 from waiting_core.seen import SeenTokens
+from waiting_core.token_lookup import TokenLookup
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -25,8 +26,14 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
     """Answers where a schedule's line and a token stand, once or as a stream."""
 
     def __init__(
-        self, database: Database, hub: WatchHub, seen: SeenTokens, ids: TokenIdSource
+        self,
+        database: Database,
+        lookup: TokenLookup,
+        hub: WatchHub,
+        seen: SeenTokens,
+        ids: TokenIdSource,
     ) -> None:
+        self._lookup = lookup
         self._ids = ids
         self._seen = seen
         self._database = database
@@ -54,8 +61,7 @@ class QueueStatusService(queue_status_service_pb2_grpc.QueueStatusServiceService
         token_id = domain.validate_token_id(request.token_id)
         now = utc_now()
         try:
-            async with self._database.single_read() as session:
-                found = await repository.read_token_in_line(session, token_id)
+            found = await self._lookup.read(token_id)
         except TokenNotFound:
             unplaced = await self._ids.unplaced(token_id)
             if unplaced is None:

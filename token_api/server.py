@@ -20,14 +20,19 @@ from waiting_core import serving
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.health import KafkaCheck, database_check
-from waiting_core.held_tokens import held_tokens_for
+from waiting_core.held_tokens import HeldTokens
 from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
 from waiting_core.producer import LazyProducer
+from waiting_core.raw_reads import raw_reads_for
 from waiting_core.seen import SeenTokens
 from waiting_core.signing_keys import SigningKeys, key_config
+from waiting_core.token_lookup import TokenLookup
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL connections of the reads outside the ORM (on top of the database pool).
+RAW_READ_CONNECTIONS = 4
 
 SERVICE_NAMES = (
     token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
@@ -64,8 +69,11 @@ class TokenApi(serving.GrpcService):
             linger_ms=settings.producer_linger_ms,
             request_timeout_ms=int(settings.issue_timeout_seconds * 1000),
         )
-        self.held = held_tokens_for(settings.database_url)
-        self.batcher = IssueBatcher(self.database, self.held, self.ids, producer, topics)
+        # The issue path's read and the token lookup, outside the ORM (raw_reads).
+        self.raw_reads = raw_reads_for(settings.database_url, pool_size=RAW_READ_CONNECTIONS)
+        self.batcher = IssueBatcher(
+            self.database, HeldTokens(self.raw_reads), self.ids, producer, topics
+        )
         self.releaser = ReleaseBatcher(self.relay, topics)
         self.seen = SeenTokens(self.database)
         server = serving.new_server(
@@ -82,6 +90,7 @@ class TokenApi(serving.GrpcService):
                 self.ids,
                 settings.issue_timeout_seconds,
                 self.keys,
+                TokenLookup(self.raw_reads),
             ),
             server,
         )
@@ -92,7 +101,7 @@ class TokenApi(serving.GrpcService):
             "token_api",
             server,
             SERVICE_NAMES,
-            [self.database, self.held, self.relay, self.batcher, self.releaser, self.seen],
+            [self.database, self.raw_reads, self.relay, self.batcher, self.releaser, self.seen],
             # Ready when an issue can be taken: the store answers and so does the broker.
             checks=[database_check(self.database), KafkaCheck(settings.kafka_bootstrap)],
             host=settings.host,

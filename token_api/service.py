@@ -10,7 +10,7 @@ from token_api.issuing import IssueBatcher
 from token_api.releasing import ReleaseBatcher
 from waiting.v1 import token_pb2, token_service_pb2_grpc
 from waiting.v1 import token_service_pb2 as pb
-from waiting_core import domain, repository
+from waiting_core import domain
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
@@ -22,6 +22,7 @@ from waiting_core.models import TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 from waiting_core.signing_keys import SigningKeys
+from waiting_core.token_lookup import TokenLookup
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -45,7 +46,9 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         ids: TokenIdSource,
         issue_timeout: float,
         keys: SigningKeys,
+        lookup: TokenLookup,
     ) -> None:
+        self._lookup = lookup
         self._keys = keys
         self._releaser = releaser
         self._ids = ids
@@ -69,8 +72,7 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.GetTokenResponse:
         token_id = domain.validate_token_id(request.token_id)
         try:
-            async with self._database.single_read() as session:
-                found = await repository.read_token_in_line(session, token_id)
+            found = await self._lookup.read(token_id)
         except TokenNotFound:
             return pb.GetTokenResponse(token=await self._unplaced(token_id))
         self._seen.note(token_id, found.schedule)
@@ -82,8 +84,7 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         token_id = domain.validate_token_id(request.token_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
         try:
-            async with self._database.single_read() as session:
-                found = await repository.read_token_in_line(session, token_id)
+            found = await self._lookup.read(token_id)
         except TokenNotFound:
             return pb.ValidateTokenResponse(active=False, token=await self._unplaced(token_id))
         token = found.token

@@ -20,12 +20,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
     and_,
     bindparam,
     case,
     delete,
-    func,
     insert,
     literal,
     literal_column,
@@ -38,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.attributes import set_committed_value
 
 from waiting_core import domain, prequeue
@@ -400,60 +398,6 @@ async def admit_oldest(
     if short:
         admitted += await admit_oldest(session, short, now)
     return admitted
-
-
-@dataclass(frozen=True, slots=True)
-class TokenInLine:
-    """A token with its schedule's row (None if never configured) and its position."""
-
-    token: TokenRow
-    schedule: ScheduleRow | None
-    position: int
-
-
-_DEPARTED_ALIAS = aliased(TokenRow, name="departed")
-_ALIAS_DEPARTED = departed_predicate("departed.")
-
-
-def _token_in_line_statement() -> Select[TokenRow, ScheduleRow, int]:
-    head = func.coalesce(ScheduleRow.head_seq, 0)
-    departed = (
-        select(func.count())
-        .select_from(_DEPARTED_ALIAS)
-        .where(
-            _DEPARTED_ALIAS.schedule_id == TokenRow.schedule_id,
-            _DEPARTED_ALIAS.seq > head,
-            _DEPARTED_ALIAS.seq < TokenRow.seq,
-            _ALIAS_DEPARTED,
-        )
-        .scalar_subquery()
-    )
-    return (
-        select(TokenRow, ScheduleRow, departed)
-        .outerjoin(ScheduleRow, ScheduleRow.schedule_id == TokenRow.schedule_id)
-        .where(TokenRow.token_id == bindparam("token_id"))
-        .execution_options(populate_existing=True)
-    )
-
-
-_TOKEN_IN_LINE = _token_in_line_statement()  # built once: the hottest read of both services
-
-
-async def read_token_in_line(session: AsyncSession, token_id: str) -> TokenInLine:
-    """The token, its schedule and its position in one statement; TokenNotFound otherwise.
-
-    A PENDING token's position counts only the tokens that left the line between the head
-    and it (an index range on ``ix_tokens_departed``), never the tokens still waiting.
-    """
-    row = (await session.execute(_TOKEN_IN_LINE, {"token_id": token_id})).one_or_none()
-    if row is None:
-        raise TokenNotFound(token_id)
-    token, schedule, departed_count = row
-    position = 0
-    if token.status == TokenStatus.PENDING:
-        head_seq = schedule.head_seq if schedule is not None else 0
-        position = domain.pending_position(token.seq, head_seq, departed_count)
-    return TokenInLine(token, schedule, position)
 
 
 async def release_tokens(
