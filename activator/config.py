@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from waiting_core.settings import CommonSettings, positive, setting
+from waiting_core.settings import CommonSettings, non_negative, positive, setting
 from waiting_core.settings import port as valid_port
 
 
@@ -41,6 +41,14 @@ class ActivatorSettings(CommonSettings):
         10_000,
         "how soon the group notices a dead activator and moves its partitions",
         positive,
+    )
+    batch_linger_ms: int = setting(
+        "BATCH_LINGER_MS",
+        20,
+        "under a rush (a consumer batch of 16 records or more), how long it waits for more "
+        "before it is applied: fewer, bigger transactions, at that much admission latency "
+        "while the rush lasts (0: never wait)",
+        non_negative,
     )
     max_batch: int = setting(
         "MAX_BATCH_RECORDS", 2000, "most records applied per consumer batch", positive

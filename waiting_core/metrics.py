@@ -34,6 +34,11 @@ ISSUE_TO_ADMIT = Histogram(
 CONSUMER_LAG = Gauge(
     "waiting_consumer_lag_records", "Records behind the partition's end", ["partition"]
 )
+CONSUMER_BATCH = Histogram(
+    "waiting_consumer_batch_records",
+    "Records applied per consumer batch (one transaction and one offset commit each)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+)
 OUTBOX_BACKLOG = Gauge("waiting_outbox_backlog", "Outbox events not yet published")
 RPCS = Counter("grpc_server_handled_total", "RPCs completed", ["method", "code"])
 RPC_SECONDS = Histogram(

@@ -16,10 +16,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     bindparam,
     case,
@@ -56,6 +57,7 @@ from waiting_core.prequeue import PrequeueOrder
 
 _PENDING: ColumnElement[str] = literal_column("'PENDING'")
 _ACTIVE: ColumnElement[str] = literal_column("'ACTIVE'")
+TOKENS = cast(Table, TokenRow.__table__)  # for Core statements on the hot paths
 _LIVE = live_predicate("tokens.")
 _DEPARTED = departed_predicate("tokens.")
 
@@ -280,7 +282,7 @@ async def place_new_tokens(
             }
         )
     if rows:
-        await session.execute(insert(TokenRow), rows)
+        await session.execute(insert(TOKENS), rows)  # Core: no ORM bulk bookkeeping
     return placed
 
 
