@@ -37,7 +37,7 @@ from waiting_core.held_tokens import HeldTokens
 from waiting_core.identity import TokenIdSource
 from waiting_core.messages import token_to_proto, unplaced_token_to_proto
 from waiting_core.models import TokenRow
-from waiting_core.producer import LazyProducer
+from waiting_core.producer import LazyProducer, send_batched
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ class IssueBatcher(BackgroundWorker):
         answer: asyncio.Future[token_pb2.Token] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(user_id, schedule_id, answer))
         try:
-            return await asyncio.wait_for(asyncio.shield(answer), wait_seconds)
+            async with asyncio.timeout(wait_seconds):
+                return await answer
         except TimeoutError:
             raise Unavailable(
                 f"the issue was not acknowledged by Kafka within {wait_seconds:.1f}s; retry, and "
@@ -164,16 +165,11 @@ class IssueBatcher(BackgroundWorker):
             return []
         try:
             producer = await self._producer.get()
-            deliveries = []
-            for token in newcomers:
-                key, value, headers = create_token_record(token)
-                deliveries.append(
-                    await producer.send(self._topics.waiting, value, key=key, headers=headers)
-                )
+            records = [create_token_record(token) for token in newcomers]
+            return await send_batched(producer, self._topics.waiting, records)
         except (KafkaError, OSError) as exc:
             self._producer.reset()
             raise _kafka_unavailable(exc) from exc
-        return deliveries
 
     async def _answer_when_acknowledged(
         self, group: _Group, deliveries: list[asyncio.Future[object]]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 from waiting_core.events import Topics, ensure_topics
 
@@ -82,3 +85,41 @@ _closing: set[asyncio.Task[None]] = set()  # references, so the closing tasks ar
 async def _close(producer: AIOKafkaProducer) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(producer.stop(), timeout=10)
+
+
+Record = tuple[bytes, bytes, Sequence[tuple[str, bytes]]]  # key, value, headers
+
+
+async def send_batched(
+    producer: AIOKafkaProducer, topic: str, records: Sequence[Record]
+) -> list[asyncio.Future[object]]:
+    """Send ``records`` as one batch per partition (more if one fills up); return the
+    batches' delivery futures.
+
+    ``producer.send`` costs a future, a partitioner call (pure-Python murmur2) and an
+    accumulator append per record; a group of concurrent issues is sent as a few batches
+    instead. Each record goes to the partition Kafka's default partitioner gives its key,
+    as ``send`` would, so every producer of the topic agrees on where a schedule lives.
+    """
+    partitions = sorted(await producer.partitions_for(topic))
+    by_partition: dict[int, list[Record]] = {}
+    for record in records:
+        by_partition.setdefault(partition_of(record[0], len(partitions)), []).append(record)
+    deliveries: list[asyncio.Future[object]] = []
+    for partition, members in by_partition.items():
+        batch = producer.create_batch()
+        for key, value, headers in members:
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value, headers=headers)
+        deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+    return deliveries
+
+
+@functools.lru_cache(maxsize=65_536)
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of ``key`` among ``partitions``: Kafka's default partitioner (murmur2,
+    as in the Java client), cached per key."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
