@@ -36,9 +36,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.expression import Executable
 
 from waiting_core import domain, prequeue
 from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
@@ -58,6 +60,16 @@ from waiting_core.prequeue import PrequeueOrder
 _PENDING: ColumnElement[str] = literal_column("'PENDING'")
 _ACTIVE: ColumnElement[str] = literal_column("'ACTIVE'")
 TOKENS = cast(Table, TokenRow.__table__)  # for Core statements on the hot paths
+
+
+async def _core(session: AsyncSession, stmt: Executable, params: Any = None) -> Result[Any]:
+    """Run a statement that needs no ORM objects on the session's connection (in its
+    transaction): it skips the ORM's execute (compile state, identity map, unit of work),
+    which costs about as much again as a short statement on the settle path."""
+    connection = await session.connection()
+    return await connection.execute(stmt, params)
+
+
 _LIVE = live_predicate("tokens.")
 _DEPARTED = departed_predicate("tokens.")
 
@@ -252,7 +264,7 @@ async def place_new_tokens(
     }
     written: set[str] = set()
     holding: set[tuple[int, str]] = set()
-    for row in await session.execute(_WRITTEN_OR_HOLDING, params):
+    for row in await _core(session, _WRITTEN_OR_HOLDING, params):
         written.add(row.token_id)
         if row.status.is_live:
             holding.add((row.schedule_id, row.user_id))
@@ -282,7 +294,7 @@ async def place_new_tokens(
             }
         )
     if rows:
-        await session.execute(insert(TOKENS), rows)  # Core: no ORM bulk bookkeeping
+        await _core(session, insert(TOKENS), rows)
     return placed
 
 
@@ -591,7 +603,7 @@ async def _earliest(
         .scalar_subquery()
         for schedule_id in schedule_ids
     ]
-    row = (await session.execute(select(*earliest))).one()  # UTCDateTime: aware datetimes
+    row = (await _core(session, select(*earliest))).one()  # UTCDateTime: aware datetimes
     return {
         schedule_id: moment
         for schedule_id, moment in zip(schedule_ids, row, strict=True)
@@ -730,22 +742,33 @@ async def record_admission_passes(
     """Mint and store the pass of each newly ACTIVE token (one executemany), and keep the
     signing key published until the last of them expires (only ever later)."""
     minted = {token.token_id: signer.mint(token) for token in tokens}
-    table = TokenRow.__table__
-    await session.execute(
-        update(table)  # type: ignore[arg-type]
-        .where(table.c.token_id == bindparam("b_token_id"))
-        .values(admission_pass=bindparam("b_pass")),
+    await _core(
+        session,
+        _STORE_PASS,
         [{"b_token_id": token_id, "b_pass": value} for token_id, value in minted.items()],
     )
     for token in tokens:
         set_committed_value(token, "admission_pass", minted[token.token_id])
     last_exp = max(token.expires_at for token in tokens if token.expires_at is not None)
-    until = SigningKeyRow.passes_until
-    await session.execute(
-        update(SigningKeyRow)
-        .where(SigningKeyRow.kid == signer.kid, or_(until.is_(None), until < last_exp))
-        .values(passes_until=last_exp)
+    await _core(session, _KEEP_KEY_PUBLISHED, {"b_kid": signer.kid, "last_exp": last_exp})
+
+
+_STORE_PASS = (
+    update(TOKENS)
+    .where(TOKENS.c.token_id == bindparam("b_token_id"))
+    .values(admission_pass=bindparam("b_pass"))
+)
+_KEEP_KEY_PUBLISHED = (
+    update(SigningKeyRow)
+    .where(
+        SigningKeyRow.kid == bindparam("b_kid"),
+        or_(
+            SigningKeyRow.passes_until.is_(None),
+            SigningKeyRow.passes_until < bindparam("last_exp", type_=UTCDateTime()),
+        ),
     )
+    .values(passes_until=bindparam("last_exp", type_=UTCDateTime()))
+)
 
 
 # --- the pre-queue -----------------------------------------------------------------------
@@ -825,4 +848,4 @@ async def insert_outbox_rows(session: AsyncSession, rows: Sequence[OutboxRow]) -
         }
         for row in rows
     ]
-    return list((await session.execute(stmt, values)).scalars().all())
+    return list((await _core(session, stmt, values)).scalars().all())
