@@ -20,14 +20,13 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from aiokafka.partitioner import murmur2
-
 from activator.admission import Admitter, Settlement
 from waiting_core import repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import schedule_key
+from waiting_core.producer import key_partition
 from waiting_core.worker import BackgroundWorker
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ LONGEST_SLEEP_SECONDS = 1.0
 
 def partition_of(schedule_id: int, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a schedule's key (murmur2)."""
-    return int((murmur2(schedule_key(schedule_id)) & 0x7FFFFFFF) % partitions)
+    return key_partition(schedule_key(schedule_id), partitions)
 
 
 class Sweeper(BackgroundWorker):

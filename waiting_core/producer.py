@@ -104,7 +104,7 @@ async def send_batched(
     partitions = sorted(await producer.partitions_for(topic))
     by_partition: dict[int, list[Record]] = {}
     for record in records:
-        by_partition.setdefault(partition_of(record[0], len(partitions)), []).append(record)
+        by_partition.setdefault(key_partition(record[0], len(partitions)), []).append(record)
     deliveries: list[asyncio.Future[object]] = []
     for partition, members in by_partition.items():
         batch = producer.create_batch()
@@ -118,7 +118,7 @@ async def send_batched(
 
 
 @functools.lru_cache(maxsize=65_536)
-def partition_of(key: bytes, partitions: int) -> int:
+def key_partition(key: bytes, partitions: int) -> int:
     """The partition of ``key`` among ``partitions``: Kafka's default partitioner (murmur2,
     as in the Java client), cached per key."""
     hashed: int = murmur2(key)
