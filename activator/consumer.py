@@ -196,22 +196,29 @@ class AdmissionConsumer:
         while not self._stopping.is_set():
             try:
                 batch = await consumer.getmany(timeout_ms=200, max_records=self._settings.max_batch)
-                if lingering.wanted(batch):
-                    await lingering.wait()
-                    _extend(
-                        batch, await consumer.getmany(timeout_ms=0, max_records=self._room(batch))
-                    )
             except KafkaError as exc:
                 log.warning("fetch failed (%s); retrying", exc)
                 await asyncio.sleep(self._backoff(1))
                 continue
             fetch_wait.after(got_records=bool(batch))
             if batch:
+                # Under the lock, lingering included: a rebalance waits until this batch is
+                # applied and committed, so no other activator places these records meanwhile.
                 async with self._batch_lock:
+                    if lingering.wanted(batch):
+                        await self._take_more(consumer, batch, lingering)
                     await self._apply_or_rewind(consumer, batch)
 
-    def _room(self, batch: Batch) -> int:
-        return max(1, self._settings.max_batch - _size(batch))
+    async def _take_more(
+        self, consumer: AIOKafkaConsumer, batch: Batch, lingering: _Linger
+    ) -> None:
+        """Wait a moment, then add to ``batch`` the records that arrived meanwhile."""
+        await lingering.wait()
+        room = max(1, self._settings.max_batch - _size(batch))
+        try:
+            _extend(batch, await consumer.getmany(timeout_ms=0, max_records=room))
+        except KafkaError as exc:  # the batch in hand is applied; the rest comes next time
+            log.warning("fetch failed (%s); applying the batch in hand", exc)
 
     async def _apply_or_rewind(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         """Apply and commit; on any failure, seek back so the batch is read again."""
