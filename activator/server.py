@@ -25,8 +25,6 @@ from waiting_core.token_lookup import TokenLookup
 log = logging.getLogger(__name__)
 
 LEFTOVER_SCAN_SECONDS = 5.0
-# PostgreSQL connections of the status lookup outside the ORM (on top of the two pools).
-RAW_READ_CONNECTIONS = 4
 
 SERVICE_NAMES = (
     queue_status_service_pb2.DESCRIPTOR.services_by_name["QueueStatusService"].full_name,
@@ -59,7 +57,7 @@ class Activator(serving.GrpcService):
             poll_interval=LEFTOVER_SCAN_SECONDS,
         )
         # GetTokenStatus's lookup, outside the ORM (raw_reads).
-        self.raw_reads = raw_reads_for(settings.database_url, pool_size=RAW_READ_CONNECTIONS)
+        self.raw_reads = raw_reads_for(settings.database_url)
         self.seen = SeenTokens(self.database)
         self.ids = TokenIdSource(self.database)
         self.hub = WatchHub(self.read_database, self.seen, self.ids)

@@ -31,9 +31,6 @@ from waiting_core.token_lookup import TokenLookup
 
 log = logging.getLogger(__name__)
 
-# PostgreSQL connections of the reads outside the ORM (on top of the database pool).
-RAW_READ_CONNECTIONS = 4
-
 SERVICE_NAMES = (
     token_service_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
     schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
@@ -70,7 +67,7 @@ class TokenApi(serving.GrpcService):
             request_timeout_ms=int(settings.issue_timeout_seconds * 1000),
         )
         # The issue path's read and the token lookup, outside the ORM (raw_reads).
-        self.raw_reads = raw_reads_for(settings.database_url, pool_size=RAW_READ_CONNECTIONS)
+        self.raw_reads = raw_reads_for(settings.database_url)
         self.batcher = IssueBatcher(
             self.database, HeldTokens(self.raw_reads), self.ids, producer, topics
         )

@@ -104,7 +104,8 @@ async def send_batched(
     partitions = sorted(await producer.partitions_for(topic))
     by_partition: dict[int, list[Record]] = {}
     for record in records:
-        by_partition.setdefault(key_partition(record[0], len(partitions)), []).append(record)
+        partition = partitions[key_partition(record[0], len(partitions))]
+        by_partition.setdefault(partition, []).append(record)
     deliveries: list[asyncio.Future[object]] = []
     for partition, members in by_partition.items():
         batch = producer.create_batch()
@@ -119,7 +120,7 @@ async def send_batched(
 
 @functools.lru_cache(maxsize=65_536)
 def key_partition(key: bytes, partitions: int) -> int:
-    """The partition of ``key`` among ``partitions``: Kafka's default partitioner (murmur2,
-    as in the Java client), cached per key."""
+    """The index of ``key``'s partition among ``partitions`` (sorted by id): Kafka's default
+    partitioner (murmur2, as in the Java client), cached per key."""
     hashed: int = murmur2(key)
     return (hashed & 0x7FFFFFFF) % partitions

@@ -54,8 +54,9 @@ class RawReads(Protocol):
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[Row]: ...
 
 
-def raw_reads_for(url: str, *, pool_size: int = 2) -> RawReads:
-    """The reader for a ``DATABASE_URL``; ``pool_size`` is for PostgreSQL."""
+def raw_reads_for(url: str, *, pool_size: int = 4) -> RawReads:
+    """The reader for a ``DATABASE_URL``; on PostgreSQL, ``pool_size`` connections at most
+    (on top of the service's database pool)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return SqliteReads(parsed.database or "", _dialect_of(url))

@@ -65,7 +65,11 @@ TOKENS = cast(Table, TokenRow.__table__)  # for Core statements on the hot paths
 async def _core(session: AsyncSession, stmt: Executable, params: Any = None) -> Result[Any]:
     """Run a statement that needs no ORM objects on the session's connection (in its
     transaction): it skips the ORM's execute (compile state, identity map, unit of work),
-    which costs about as much again as a short statement on the settle path."""
+    which costs about as much again as a short statement on the settle path.
+
+    There is no autoflush: use it only for statements that do not depend on changes still
+    pending in the session. (The settle path changes tokens with UPDATE statements; only
+    the locked schedule rows change in memory until the commit.)"""
     connection = await session.connection()
     return await connection.execute(stmt, params)
 
