@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from tests.fault_harness import FaultReport, FaultRun, assert_invariants
 from tests.helpers import create_postgres_database, eventually, process_cluster, settings_for
 from token_api.server import TokenApi
+from token_api.service import issue_wait
 from tools.system import (
     cluster_bootstrap,
     kill_node,
@@ -194,6 +195,18 @@ async def test_issue_fails_fast_with_unavailable_while_the_broker_is_down(
     assert "Kafka" in (caught.value.details() or "")
     assert elapsed < 3.0  # inside the caller's deadline: never DEADLINE_EXCEEDED, never a hang
     assert again.token_id == before.token_id  # the acknowledged token stands, same id
+
+
+@pytest.mark.parametrize(
+    ("remaining", "waits"),
+    [(None, 5.0), (30.0, 5.0), (3.0, 2.7), (0.3, 0.25), (0.04, 0.0)],
+)
+def test_an_issue_keeps_part_of_the_callers_deadline_for_its_answer(
+    remaining: float | None, waits: float
+) -> None:
+    # a tenth of the time left, 50-500 ms: the UNAVAILABLE outruns DEADLINE_EXCEEDED even
+    # when the loop stalls for a moment (a full collection in a big process)
+    assert issue_wait(5.0, remaining) == pytest.approx(waits)
 
 
 async def _issue(

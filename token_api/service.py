@@ -26,8 +26,12 @@ from waiting_core.token_lookup import TokenLookup
 
 Context = grpc.aio.ServicerContext[object, object]
 
-# Kept from the caller's deadline, so that UNAVAILABLE reaches it before DEADLINE_EXCEEDED.
-DEADLINE_MARGIN = 0.05
+# Kept from the caller's deadline, so that UNAVAILABLE reaches it before DEADLINE_EXCEEDED:
+# a tenth of the time left, at least 50 ms (the answer's way back) and at most 500 ms (a
+# stall of the loop, such as a full garbage collection in a big process, fits in it).
+DEADLINE_SHARE_KEPT = 0.1
+DEADLINE_MARGIN_MIN = 0.05
+DEADLINE_MARGIN_MAX = 0.5
 # Pauses before a complete or cancel retries a token just issued and not placed yet.
 PLACEMENT_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
@@ -64,9 +68,8 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
     ) -> pb.IssueTokenResponse:
         user_id = domain.validate_user_id(request.user_id)
         schedule_id = domain.validate_schedule_id(request.schedule_id)
-        remaining = context.time_remaining()
-        timeout = self._issue_timeout if remaining is None else min(self._issue_timeout, remaining)
-        token = await self._batcher.issue(user_id, schedule_id, max(0.0, timeout - DEADLINE_MARGIN))
+        wait = issue_wait(self._issue_timeout, context.time_remaining())
+        token = await self._batcher.issue(user_id, schedule_id, wait)
         return pb.IssueTokenResponse(token=token)
 
     async def GetToken(self, request: pb.GetTokenRequest, context: Context) -> pb.GetTokenResponse:
@@ -130,3 +133,12 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
         self, request: pb.GetSigningKeysRequest, context: Context
     ) -> pb.GetSigningKeysResponse:
         return pb.GetSigningKeysResponse(jwks_json=await self._keys.jwks())
+
+
+def issue_wait(issue_timeout: float, remaining: float | None) -> float:
+    """How long an issue may wait for Kafka: the configured timeout, cut short enough that
+    the caller's deadline still sees the UNAVAILABLE."""
+    if remaining is None:
+        return issue_timeout
+    margin = min(DEADLINE_MARGIN_MAX, max(DEADLINE_MARGIN_MIN, remaining * DEADLINE_SHARE_KEPT))
+    return max(0.0, min(issue_timeout, remaining - margin))
