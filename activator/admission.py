@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from waiting_core import domain, metrics, prequeue, repository
 from waiting_core.clock import utc_now
 from waiting_core.domain import NewToken, TokenStatus
@@ -89,7 +91,9 @@ class Admitter:
 
         Each transaction locks its schedules' rows and places the ``newcomers`` (tokens read
         from the log, each schedule's in log order) at the end of their lines, dropping any
-        already placed or whose user holds a live token (I5). Then, in one statement each,
+        already placed or whose user holds a live token (I5); while a line is empty and
+        has free slots, its newcomers go in ACTIVE, with their passes. Then, in one
+        statement each,
         it expires the ACTIVE tokens past their TTL, drops the abandoned PENDING ones,
         admits the oldest PENDING tokens up to each schedule's free slots (and rate), mints
         the admitted tokens' passes, and reads the deadlines that plan each schedule's next
@@ -122,7 +126,10 @@ class Admitter:
         session = tx.session
         schedules = await repository.lock_schedules(session, schedule_ids)
         now = utc_now()  # under the locks, so activation times follow admission order
-        placed = _by_schedule_id(await repository.place_new_tokens(session, schedules, newcomers))
+        placement = await repository.place_new_tokens(
+            session, schedules, newcomers, await self._on_arrival(session, schedules, now)
+        )
+        placed = _by_schedule_id(placement.placed)
         # A shuffled sale whose opening came admits its first by draw key at once; the
         # next settle renumbers its line (drawn_at). A FIFO line is in order already.
         by_draw = frozenset(s.schedule_id for s in schedules if _opening(s, now) == "admit")
@@ -140,7 +147,7 @@ class Admitter:
         if admitted_rows:
             signer = await self._keys.signer(session)
             await repository.record_admission_passes(session, admitted_rows, signer)
-        admitted = _by_schedule(admitted_rows)
+        admitted = _by_schedule([*placement.admitted, *admitted_rows])
         for schedule in schedules:
             _record_admissions(schedule, len(admitted[schedule.schedule_id]), now)
         deadlines = await repository.earliest_deadlines(session, schedules)
@@ -177,6 +184,15 @@ class Admitter:
             for schedule in schedules
         ]
 
+    async def _on_arrival(
+        self, session: AsyncSession, schedules: Sequence[ScheduleRow], now: datetime
+    ) -> repository.AdmitOnArrival | None:
+        """How many newcomers each schedule admits as they are placed (None: nobody)."""
+        limits = {s.schedule_id: _admissions_on_arrival(s, now) for s in schedules}
+        if not any(limits.values()):
+            return None
+        return repository.AdmitOnArrival(limits, now, await self._keys.signer(session))
+
     def _report(self, settlements: Sequence[Settlement]) -> None:
         """Tell the watchers and listeners about committed settlements."""
         for settlement in settlements:
@@ -207,6 +223,17 @@ def _opening(schedule: ScheduleRow, now: datetime) -> str | None:
         return None
     shuffled = schedule.prequeue_order == prequeue.PrequeueOrder.SHUFFLED
     return "admit" if shuffled and schedule.draw_started_at is None else "renumber"
+
+
+def _admissions_on_arrival(schedule: ScheduleRow, now: datetime) -> int:
+    """How many newcomers the schedule may admit as they are placed: its free slots, if
+    its line is empty and nothing else decides who goes first (a rate to spend, a sale not
+    open yet or opening now); else 0, and ``admit_oldest`` admits them as usual."""
+    if schedule.pending_count > 0 or schedule.admit_rate_per_second > 0:
+        return 0
+    if prequeue.in_prequeue(schedule.opens_at, now) or _opening(schedule, now) is not None:
+        return 0
+    return domain.free_slots(schedule.capacity, schedule.active_count)
 
 
 def _admissions_now(schedule: ScheduleRow, now: datetime) -> int:

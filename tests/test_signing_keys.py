@@ -298,6 +298,18 @@ def test_the_other_algorithms_verify_in_go_too(
     assert _verify_in_go(go_verifier, url, admission_pass, 7)["jti"] == "tok"
 
 
+def test_a_pass_is_the_jws_pyjwt_makes() -> None:
+    # EdDSA signatures are deterministic, so the lean mint's bytes can be compared whole.
+    key = passes.generate_key("EdDSA")
+    private = passes.load_private_key(key.private_pem)
+    now = utc_now()
+    claims = passes.pass_claims(
+        passes.PassSettings("EdDSA"), "tok", "user", 7, now, now + timedelta(seconds=60)
+    )
+    expected = jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": key.kid})
+    assert passes.mint(claims, private, key.kid, "EdDSA") == expected
+
+
 async def test_a_key_directory_keeps_private_keys_out_of_the_database(
     fresh_database: Callable[[], str], tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ it signed has expired (``passes_until``) and a grace for activators' key caches 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
@@ -136,8 +136,31 @@ def pass_claims(
 
 
 def mint(claims: dict[str, Any], key: PrivateKey, kid: str, algorithm: str) -> str:
-    """The compact JWS of ``claims``, with ``kid`` in its header."""
-    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
+    """The compact JWS of ``claims``, with ``kid`` in its header: the bytes ``jwt.encode``
+    makes, with PyJWT's signing, but the header encoded once per key and none of
+    ``jwt.encode``'s per-call checks (a third of its cost; an admission mints up to a
+    thousand passes in one transaction)."""
+    payload = _base64url(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = _header_segment(kid, algorithm) + b"." + payload
+    signature = _SIGNERS[algorithm].sign(signing_input, key)
+    return (signing_input + b"." + _base64url(signature)).decode()
+
+
+_SIGNERS = {
+    "ES256": ECAlgorithm(ECAlgorithm.SHA256),
+    "EdDSA": OKPAlgorithm(),
+    "RS256": RSAAlgorithm(RSAAlgorithm.SHA256),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _header_segment(kid: str, algorithm: str) -> bytes:
+    header = {"alg": algorithm, "kid": kid, "typ": "JWT"}
+    return _base64url(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+
+
+def _base64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def signing_key(records: Sequence[KeyRecord], now: datetime) -> KeyRecord | None:

@@ -251,30 +251,54 @@ _WRITTEN_OR_HOLDING = select(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class AdmitOnArrival:
+    """Newcomers admitted as they are placed: up to ``limits[schedule_id]`` of a schedule
+    (only one whose line is empty, so they are the oldest waiting), ACTIVE from ``now``,
+    with their passes minted by ``signer``."""
+
+    limits: Mapping[int, int]
+    now: datetime
+    signer: PassSigner
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The newcomers placed in line, and those of them admitted on arrival."""
+
+    placed: list[NewToken]
+    admitted: list[TokenRow]
+
+
 async def place_new_tokens(
-    session: AsyncSession, schedules: Sequence[ScheduleRow], newcomers: Sequence[NewToken]
-) -> list[NewToken]:
-    """Append the new tokens to their locked schedules' lines as PENDING, in the given (log)
-    order, in one multi-row insert; return those placed.
+    session: AsyncSession,
+    schedules: Sequence[ScheduleRow],
+    newcomers: Sequence[NewToken],
+    on_arrival: AdmitOnArrival | None = None,
+) -> Placement:
+    """Append the new tokens to their locked schedules' lines, in the given (log) order, in
+    one multi-row insert: PENDING, or ACTIVE with their pass for those ``on_arrival``
+    admits (one statement instead of an insert, an update and a pass update).
 
     A token already written (the log was read again) is skipped, and so is one whose user
     already holds another live token of the schedule (I5).
     """
+    placement = Placement([], [])
     if not newcomers:
-        return []
+        return placement
     params = {
         **_pair_params((t.schedule_id, t.user_id) for t in newcomers),
         "token_ids": [t.token_id for t in newcomers],
     }
     written: set[str] = set()
     holding: set[tuple[int, str]] = set()
-    for row in await _core(session, _WRITTEN_OR_HOLDING, params):
-        written.add(row.token_id)
-        if row.status.is_live:
-            holding.add((row.schedule_id, row.user_id))
+    for found in await _core(session, _WRITTEN_OR_HOLDING, params):
+        written.add(found.token_id)
+        if found.status.is_live:
+            holding.add((found.schedule_id, found.user_id))
     by_id = {schedule.schedule_id: schedule for schedule in schedules}
-    placed: list[NewToken] = []
     rows: list[dict[str, object]] = []
+    arrived: Counter[int] = Counter()
     for token in newcomers:
         pair = (token.schedule_id, token.user_id)
         if token.token_id in written or pair in holding:
@@ -283,23 +307,65 @@ async def place_new_tokens(
         holding.add(pair)
         schedule = by_id[token.schedule_id]
         schedule.last_seq += 1
-        schedule.pending_count += 1
-        placed.append(token)
-        rows.append(
-            {
-                "token_id": token.token_id,
-                "user_id": token.user_id,
-                "schedule_id": token.schedule_id,
-                "seq": schedule.last_seq,
-                "status": TokenStatus.PENDING,
-                "issued_at": token.issued_at,
-                "last_seen_at": token.issued_at,
-                "draw_key": draw_key_of(schedule, token.token_id, token.issued_at),
-            }
+        row = TokenRow(
+            token_id=token.token_id,
+            user_id=token.user_id,
+            schedule_id=token.schedule_id,
+            seq=schedule.last_seq,
+            status=TokenStatus.PENDING,
+            issued_at=token.issued_at,
+            last_seen_at=token.issued_at,
+            draw_key=draw_key_of(schedule, token.token_id, token.issued_at),
         )
+        if on_arrival is not None and _admits_on_arrival(on_arrival, schedule, arrived):
+            _admit_on_arrival(row, schedule, on_arrival)
+            placement.admitted.append(row)
+            arrived[schedule.schedule_id] += 1
+        else:
+            schedule.pending_count += 1
+        placement.placed.append(token)
+        rows.append({column: getattr(row, column) for column in _PLACED_COLUMNS})
     if rows:
         await _core(session, insert(TOKENS), rows)
-    return placed
+    if placement.admitted and on_arrival is not None:
+        await _keep_key_published(session, on_arrival.signer, placement.admitted)
+    return placement
+
+
+_PLACED_COLUMNS = (
+    "token_id",
+    "user_id",
+    "schedule_id",
+    "seq",
+    "status",
+    "issued_at",
+    "last_seen_at",
+    "draw_key",
+    "activated_at",
+    "expires_at",
+    "admission_pass",
+)
+
+
+def _admits_on_arrival(
+    on_arrival: AdmitOnArrival, schedule: ScheduleRow, arrived: Counter[int]
+) -> bool:
+    """Whether the schedule's next newcomer is admitted as it is placed: nobody waits
+    before it (else ``admit_oldest`` takes them in order) and the limit is not reached."""
+    if schedule.pending_count > 0:
+        return False
+    return arrived[schedule.schedule_id] < on_arrival.limits.get(schedule.schedule_id, 0)
+
+
+def _admit_on_arrival(token: TokenRow, schedule: ScheduleRow, on_arrival: AdmitOnArrival) -> None:
+    now = on_arrival.now
+    token.status = TokenStatus.ACTIVE
+    token.activated_at = now
+    token.expires_at = now + timedelta(seconds=schedule.active_ttl_seconds)
+    token.admission_pass = on_arrival.signer.mint(token)
+    schedule.head_seq = max(schedule.head_seq, token.seq)
+    schedule.active_count += 1
+    schedule.admitted_total += 1
 
 
 def draw_key_of(schedule: ScheduleRow, token_id: str, issued_at: datetime) -> bytes | None:
@@ -387,17 +453,20 @@ async def admit_oldest(
         for schedule in wanted
     }
     stmt = (
-        update(TokenRow)
-        .where(TokenRow.token_id.in_(oldest), TokenRow.status == _PENDING)
+        update(TOKENS)
+        .where(TOKENS.c.token_id.in_(oldest), TOKENS.c.status == _PENDING)
         .values(
             status=TokenStatus.ACTIVE,
             activated_at=now,
-            expires_at=case(expiry, value=TokenRow.schedule_id),
+            expires_at=case(expiry, value=TOKENS.c.schedule_id),
         )
-        .returning(TokenRow)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*TOKENS.c)
     )
-    admitted = sorted((await session.execute(stmt)).scalars().all(), key=lambda t: t.seq)
+    # Core, not the ORM: the admitted tokens come back as rows that belong to no session
+    # (nothing else in the transaction changes them), which costs a third of the ORM's load.
+    admitted = sorted(
+        (TokenRow(**row._mapping) for row in await _core(session, stmt)), key=lambda t: t.seq
+    )
     by_id = {schedule.schedule_id: schedule for schedule in wanted}
     for token in admitted:
         schedule = by_id[token.schedule_id]
@@ -753,6 +822,13 @@ async def record_admission_passes(
     )
     for token in tokens:
         set_committed_value(token, "admission_pass", minted[token.token_id])
+    await _keep_key_published(session, signer, tokens)
+
+
+async def _keep_key_published(
+    session: AsyncSession, signer: PassSigner, tokens: Sequence[TokenRow]
+) -> None:
+    """Keep the signing key published until the last of the tokens' passes expires."""
     last_exp = max(token.expires_at for token in tokens if token.expires_at is not None)
     await _core(session, _KEEP_KEY_PUBLISHED, {"b_kid": signer.kid, "last_exp": last_exp})
 
