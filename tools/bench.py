@@ -327,6 +327,8 @@ class Bench:
                 queue = queue_status_service_pb2_grpc.QueueStatusServiceStub(activator_channel)
                 echo = token_service_pb2_grpc.TokenServiceStub(echo_channel)
                 sections = self.args.sections
+                # Every section is measured on a warm broker, whichever of them run.
+                await self._warm_up(tokens)
                 if "issue" in sections:
                     await self._issue_throughput(tokens, echo)
                 if "release" in sections:
@@ -353,7 +355,6 @@ class Bench:
         tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
         echo: token_service_pb2_grpc.TokenServiceAsyncStub,
     ) -> None:
-        await self._warm_up(tokens)
         levels = []
         for concurrency in self.args.concurrency:
             schedule_id = random.randrange(10**9)
