@@ -93,11 +93,10 @@ class Admitter:
         from the log, each schedule's in log order) at the end of their lines, dropping any
         already placed or whose user holds a live token (I5); while a line is empty and
         has free slots, its newcomers go in ACTIVE, with their passes. Then, in one
-        statement each,
-        it expires the ACTIVE tokens past their TTL, drops the abandoned PENDING ones,
-        admits the oldest PENDING tokens up to each schedule's free slots (and rate), mints
-        the admitted tokens' passes, and reads the deadlines that plan each schedule's next
-        due moment.
+        statement each, it expires the ACTIVE tokens past their TTL, drops the abandoned
+        PENDING ones, admits the oldest PENDING tokens up to each schedule's free slots (and
+        rate), mints the admitted tokens' passes, and reads the deadlines that plan each
+        schedule's next due moment.
 
         Before a schedule's ``opens_at`` nobody is admitted. The first settle after it (of a
         shuffled line) admits by draw key and plans the next settle at once; that one
@@ -127,7 +126,10 @@ class Admitter:
         schedules = await repository.lock_schedules(session, schedule_ids)
         now = utc_now()  # under the locks, so activation times follow admission order
         placement = await repository.place_new_tokens(
-            session, schedules, newcomers, await self._on_arrival(session, schedules, now)
+            session,
+            schedules,
+            newcomers,
+            await self._on_arrival(session, schedules, now) if newcomers else None,
         )
         placed = _by_schedule_id(placement.placed)
         # A shuffled sale whose opening came admits its first by draw key at once; the

@@ -297,7 +297,7 @@ async def place_new_tokens(
         if found.status.is_live:
             holding.add((found.schedule_id, found.user_id))
     by_id = {schedule.schedule_id: schedule for schedule in schedules}
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     arrived: Counter[int] = Counter()
     for token in newcomers:
         pair = (token.schedule_id, token.user_id)
@@ -307,44 +307,31 @@ async def place_new_tokens(
         holding.add(pair)
         schedule = by_id[token.schedule_id]
         schedule.last_seq += 1
-        row = TokenRow(
-            token_id=token.token_id,
-            user_id=token.user_id,
-            schedule_id=token.schedule_id,
-            seq=schedule.last_seq,
-            status=TokenStatus.PENDING,
-            issued_at=token.issued_at,
-            last_seen_at=token.issued_at,
-            draw_key=draw_key_of(schedule, token.token_id, token.issued_at),
-        )
+        row: dict[str, Any] = {
+            "token_id": token.token_id,
+            "user_id": token.user_id,
+            "schedule_id": token.schedule_id,
+            "seq": schedule.last_seq,
+            "status": TokenStatus.PENDING,
+            "issued_at": token.issued_at,
+            "last_seen_at": token.issued_at,
+            "draw_key": draw_key_of(schedule, token.token_id, token.issued_at),
+            "activated_at": None,
+            "expires_at": None,
+            "admission_pass": None,
+        }
         if on_arrival is not None and _admits_on_arrival(on_arrival, schedule, arrived):
-            _admit_on_arrival(row, schedule, on_arrival)
-            placement.admitted.append(row)
+            placement.admitted.append(_admit_on_arrival(row, schedule, on_arrival))
             arrived[schedule.schedule_id] += 1
         else:
             schedule.pending_count += 1
         placement.placed.append(token)
-        rows.append({column: getattr(row, column) for column in _PLACED_COLUMNS})
+        rows.append(row)
     if rows:
         await _core(session, insert(TOKENS), rows)
     if placement.admitted and on_arrival is not None:
         await _keep_key_published(session, on_arrival.signer, placement.admitted)
     return placement
-
-
-_PLACED_COLUMNS = (
-    "token_id",
-    "user_id",
-    "schedule_id",
-    "seq",
-    "status",
-    "issued_at",
-    "last_seen_at",
-    "draw_key",
-    "activated_at",
-    "expires_at",
-    "admission_pass",
-)
 
 
 def _admits_on_arrival(
@@ -357,15 +344,20 @@ def _admits_on_arrival(
     return arrived[schedule.schedule_id] < on_arrival.limits.get(schedule.schedule_id, 0)
 
 
-def _admit_on_arrival(token: TokenRow, schedule: ScheduleRow, on_arrival: AdmitOnArrival) -> None:
+def _admit_on_arrival(
+    row: dict[str, Any], schedule: ScheduleRow, on_arrival: AdmitOnArrival
+) -> TokenRow:
+    """Make the row to insert ACTIVE, with its pass; count it in the schedule's row."""
     now = on_arrival.now
-    token.status = TokenStatus.ACTIVE
-    token.activated_at = now
-    token.expires_at = now + timedelta(seconds=schedule.active_ttl_seconds)
-    token.admission_pass = on_arrival.signer.mint(token)
+    row["status"] = TokenStatus.ACTIVE
+    row["activated_at"] = now
+    row["expires_at"] = now + timedelta(seconds=schedule.active_ttl_seconds)
+    token = TokenRow(**row)
+    token.admission_pass = row["admission_pass"] = on_arrival.signer.mint(token)
     schedule.head_seq = max(schedule.head_seq, token.seq)
     schedule.active_count += 1
     schedule.admitted_total += 1
+    return token
 
 
 def draw_key_of(schedule: ScheduleRow, token_id: str, issued_at: datetime) -> bytes | None:
