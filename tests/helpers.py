@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from google.protobuf.message import DecodeError
 from sqlalchemy import select
 
 from activator.config import ActivatorSettings
@@ -21,6 +22,7 @@ from token_api.config import TokenApiSettings
 from token_api.server import TokenApi
 from tools.system import Cluster, create_postgres_database
 from waiting.v1 import (
+    events_pb2,
     queue_status_service_pb2,
     queue_status_service_pb2_grpc,
     schedule_service_pb2,
@@ -256,6 +258,28 @@ async def read_topic(
     finally:
         await consumer.stop()
     return found
+
+
+async def create_events(system: System, token_ids: set[str]) -> list[ConsumerRecord[bytes, bytes]]:
+    """The CreateTokenEvent records of these tokens on ``waiting-token``, in log order
+    within each partition (a record read twice is listed twice)."""
+
+    def mine(record: ConsumerRecord[bytes, bytes]) -> ConsumerRecord[bytes, bytes] | None:
+        if dict(record.headers).get("event-type") != b"waiting.v1.CreateTokenEvent":
+            return None
+        try:
+            event = events_pb2.CreateTokenEvent.FromString(record.value)
+        except DecodeError:
+            return None  # another test's poison record
+        return record if event.token_id in token_ids else None
+
+    settings = system.token_api_settings
+    return await read_topic(
+        settings.waiting_topic,
+        settings.kafka_bootstrap,
+        mine,
+        lambda found: len(found) >= len(token_ids),
+    )
 
 
 async def admitted(system: System, user_id: str, schedule_id: int) -> token_pb2.Token:

@@ -6,15 +6,13 @@ import asyncio
 
 import grpc
 import pytest
-from aiokafka.structs import ConsumerRecord
-from google.protobuf.message import DecodeError
 
 from tests.helpers import (
     RPC_TIMEOUT,
     System,
+    create_events,
     issue,
     queue_status,
-    read_topic,
     set_capacity,
     token_status,
     wait_counts,
@@ -50,33 +48,14 @@ async def test_a_burst_into_an_empty_line_admits_its_first_in_log_order(
     tokens = await asyncio.gather(*(issue(system, f"user-{i}", schedule_id) for i in range(25)))
     await wait_counts(system, schedule_id, active=10, pending=15)
 
-    in_log_order = await _logged_token_ids(system, {t.token_id for t in tokens})
+    # one schedule, one partition: the records' order is the log's
+    records = await create_events(system, {t.token_id for t in tokens})
+    events = [events_pb2.CreateTokenEvent.FromString(r.value) for r in records]
+    in_log_order = list(dict.fromkeys(e.token_id for e in events))
     statuses = [await token_status(system, token_id) for token_id in in_log_order]
     assert [s.status for s in statuses] == [ACTIVE] * 10 + [PENDING] * 15
     assert [s.position for s in statuses] == [0] * 10 + list(range(1, 16))
     assert all(s.admission_pass and s.HasField("expires_at") for s in statuses[:10])
-
-
-async def _logged_token_ids(system: System, token_ids: set[str]) -> list[str]:
-    """The tokens' ids in the order of their CreateTokenEvents on ``waiting-token``."""
-
-    def mine(record: ConsumerRecord[bytes, bytes]) -> str | None:
-        if dict(record.headers).get("event-type") != b"waiting.v1.CreateTokenEvent":
-            return None
-        try:
-            token_id = events_pb2.CreateTokenEvent.FromString(record.value).token_id
-        except DecodeError:
-            return None  # another test's poison record
-        return token_id if token_id in token_ids else None
-
-    settings = system.token_api_settings
-    found = await read_topic(
-        settings.waiting_topic,
-        settings.kafka_bootstrap,
-        mine,
-        lambda found: len(set(found)) >= len(token_ids),
-    )
-    return list(dict.fromkeys(found))
 
 
 async def test_issue_is_idempotent_for_a_live_token(system: System, schedule_id: int) -> None:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeAlias
-
-from aiokafka import ConsumerRecord
-from google.protobuf.message import DecodeError
 
 from activator.maintenance import partition_of
-from tests.helpers import System, issue, read_topic
+from tests.helpers import System, create_events, issue
 from waiting.v1 import events_pb2
 
 
@@ -23,7 +19,7 @@ async def test_events_are_keyed_by_schedule_and_spread_over_partitions(
             token = await issue(system, user, schedule_id)
             issued[token.token_id] = schedule_id
 
-    records = await _read_create_events(system, set(issued))
+    records = await create_events(system, set(issued))
 
     partitions_by_key: dict[bytes, set[int]] = {}
     for record in records:
@@ -38,25 +34,3 @@ async def test_events_are_keyed_by_schedule_and_spread_over_partitions(
     partitions = system.activator_settings.topic_partitions
     for key, (partition,) in partitions_by_key.items():
         assert partition_of(int(key), partitions) == partition, f"schedule {key!r}"
-
-
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-
-
-async def _read_create_events(system: System, token_ids: set[str]) -> list[Record]:
-    def mine(record: Record) -> Record | None:
-        if dict(record.headers).get("event-type") != b"waiting.v1.CreateTokenEvent":
-            return None
-        try:
-            event = events_pb2.CreateTokenEvent.FromString(record.value)
-        except DecodeError:
-            return None  # another test's poison record
-        return record if event.token_id in token_ids else None
-
-    settings = system.token_api_settings
-    return await read_topic(
-        settings.waiting_topic,
-        settings.kafka_bootstrap,
-        mine,
-        lambda found: len(found) >= len(token_ids),
-    )

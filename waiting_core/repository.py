@@ -320,11 +320,11 @@ async def place_new_tokens(
             "expires_at": None,
             "admission_pass": None,
         }
-        if on_arrival is not None and _admits_on_arrival(on_arrival, schedule, arrived):
-            placement.admitted.append(_admit_on_arrival(row, schedule, on_arrival))
+        admitting = on_arrival if _admits_on_arrival(on_arrival, schedule, arrived) else None
+        schedule.pending_count += 1  # in line; admitted on arrival, it is counted out at once
+        if admitting is not None:
+            placement.admitted.append(_admit_on_arrival(row, schedule, admitting))
             arrived[schedule.schedule_id] += 1
-        else:
-            schedule.pending_count += 1
         placement.placed.append(token)
         rows.append(row)
     if rows:
@@ -335,11 +335,11 @@ async def place_new_tokens(
 
 
 def _admits_on_arrival(
-    on_arrival: AdmitOnArrival, schedule: ScheduleRow, arrived: Counter[int]
+    on_arrival: AdmitOnArrival | None, schedule: ScheduleRow, arrived: Counter[int]
 ) -> bool:
     """Whether the schedule's next newcomer is admitted as it is placed: nobody waits
     before it (else ``admit_oldest`` takes them in order) and the limit is not reached."""
-    if schedule.pending_count > 0:
+    if on_arrival is None or schedule.pending_count > 0:
         return False
     return arrived[schedule.schedule_id] < on_arrival.limits.get(schedule.schedule_id, 0)
 
@@ -354,10 +354,18 @@ def _admit_on_arrival(
     row["expires_at"] = now + timedelta(seconds=schedule.active_ttl_seconds)
     token = TokenRow(**row)
     token.admission_pass = row["admission_pass"] = on_arrival.signer.mint(token)
-    schedule.head_seq = max(schedule.head_seq, token.seq)
-    schedule.active_count += 1
-    schedule.admitted_total += 1
+    _count_admitted(schedule, token, moves_head=True)
     return token
+
+
+def _count_admitted(schedule: ScheduleRow, token: TokenRow, *, moves_head: bool) -> None:
+    """Count a waiting token's admission in its locked schedule's row; ``moves_head``
+    unless a renumbering is to set the head (a shuffled line's cohort)."""
+    if moves_head:
+        schedule.head_seq = max(schedule.head_seq, token.seq)
+    schedule.active_count += 1
+    schedule.pending_count -= 1
+    schedule.admitted_total += 1
 
 
 def draw_key_of(schedule: ScheduleRow, token_id: str, issued_at: datetime) -> bytes | None:
@@ -461,12 +469,9 @@ async def admit_oldest(
     )
     by_id = {schedule.schedule_id: schedule for schedule in wanted}
     for token in admitted:
-        schedule = by_id[token.schedule_id]
-        if schedule.schedule_id not in by_draw:  # renumbering sets the head of those
-            schedule.head_seq = max(schedule.head_seq, token.seq)
-        schedule.active_count += 1
-        schedule.pending_count -= 1
-        schedule.admitted_total += 1
+        _count_admitted(
+            by_id[token.schedule_id], token, moves_head=token.schedule_id not in by_draw
+        )
     # A cohort smaller than the free slots: the others follow, in issue order.
     admitted_of = Counter(token.schedule_id for token in admitted)
     short = {
