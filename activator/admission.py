@@ -19,7 +19,7 @@ from waiting_core import domain, metrics, prequeue, repository
 from waiting_core.clock import utc_now
 from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.events import Topics, state_changed_rows
-from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.models import AnyToken, ScheduleRow
 from waiting_core.outbox import OutboxRelay, OutboxTransaction
 from waiting_core.signing_keys import SigningKeys
 
@@ -34,9 +34,9 @@ class Settlement:
 
     schedule_id: int
     placed: Sequence[NewToken] = field(default_factory=tuple)
-    admitted: Sequence[TokenRow] = field(default_factory=tuple)
-    expired: Sequence[TokenRow] = field(default_factory=tuple)
-    abandoned: Sequence[TokenRow] = field(default_factory=tuple)
+    admitted: Sequence[AnyToken] = field(default_factory=tuple)
+    expired: Sequence[AnyToken] = field(default_factory=tuple)
+    abandoned: Sequence[AnyToken] = field(default_factory=tuple)
     # How many tokens the pre-queue's draw put in line (None: no draw in this settle).
     drawn: int | None = None
     active_count: int = 0
@@ -266,9 +266,9 @@ def _next_due(
     )
 
 
-def _by_schedule(tokens: Sequence[TokenRow]) -> defaultdict[int, list[TokenRow]]:
+def _by_schedule(tokens: Sequence[AnyToken]) -> defaultdict[int, list[AnyToken]]:
     """Tokens grouped by schedule, each group in seq order."""
-    groups: defaultdict[int, list[TokenRow]] = defaultdict(list)
+    groups: defaultdict[int, list[AnyToken]] = defaultdict(list)
     for token in sorted(tokens, key=lambda t: t.seq):
         groups[token.schedule_id].append(token)
     return groups
@@ -282,7 +282,7 @@ def _by_schedule_id(tokens: Sequence[NewToken]) -> defaultdict[int, list[NewToke
     return groups
 
 
-def _all(groups: Mapping[int, Sequence[TokenRow]]) -> list[TokenRow]:
+def _all(groups: Mapping[int, Sequence[AnyToken]]) -> list[AnyToken]:
     return [token for tokens in groups.values() for token in tokens]
 
 

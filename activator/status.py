@@ -12,7 +12,7 @@ from waiting.v1 import token_pb2
 from waiting_core import domain, prequeue, repository
 from waiting_core.domain import TokenStatus, WaitEstimate
 from waiting_core.messages import token_to_proto
-from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.models import AnyToken, ScheduleRow, TokenRow
 from waiting_core.prequeue import PrequeueOrder
 
 
@@ -50,7 +50,7 @@ def current_rate(schedule: ScheduleRow | None, now: datetime) -> float:
 
 
 def token_view(
-    token: TokenRow, position: int, schedule: ScheduleRow | None, now: datetime
+    token: AnyToken, position: int, schedule: ScheduleRow | None, now: datetime
 ) -> TokenView:
     """The view of a token whose position is known. In a pre-queue, until the line is in
     its drawn order, its wait is unknown, and so is its place unless the cohort keeps

@@ -16,10 +16,9 @@ async def test_outbox_ids_are_never_reused(system: System, schedule_id: int) -> 
     async def write_and_delete_one() -> int:
         async with database.transaction() as session:
             row = slots_freed_row(Topics(origin="test", waiting="t"), schedule_id, "test", now)
-            session.add(row)
-            await session.flush()
-            await repository.delete_outbox_events(session, [row.id])
-        return row.id
+            (row_id,) = await repository.insert_outbox_rows(session, [row])
+            await repository.delete_outbox_events(session, [row_id])
+        return row_id
 
     first_id = await write_and_delete_one()
     second_id = await write_and_delete_one()

@@ -19,7 +19,7 @@ from waiting_core.clock import utc_now
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import DomainError
 from waiting_core.events import Topics, slots_freed_row, state_changed_rows
-from waiting_core.models import OutboxRow, TokenRow
+from waiting_core.models import OutboxEvent, TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.worker import BackgroundWorker
 
@@ -84,9 +84,9 @@ class ReleaseBatcher(BackgroundWorker):
         batch: Sequence[_Request],
         results: Sequence[repository.Release | DomainError],
         now: datetime,
-    ) -> list[OutboxRow]:
+    ) -> list[OutboxEvent]:
         """A state change per release that changed; a freed-slot event per schedule."""
-        events: list[OutboxRow] = []
+        events: list[OutboxEvent] = []
         freed: dict[int, str] = {}
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, DomainError) or not result.changed:

@@ -21,7 +21,7 @@ from waiting.v1 import events_pb2
 from waiting_core.domain import NewToken, TokenStatus, validate_token_id, validate_user_id
 from waiting_core.errors import BadEvent, InvalidArgument
 from waiting_core.messages import status_to_proto
-from waiting_core.models import OutboxRow, TokenRow
+from waiting_core.models import AnyToken, OutboxEvent
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,9 @@ def schedule_key(schedule_id: int) -> bytes:
 
 def outbox_row(
     topic: str, schedule_id: int, message: Message, now: datetime, origin: str
-) -> OutboxRow:
+) -> OutboxEvent:
     """A row carrying ``message`` to ``topic``, keyed by schedule, for ``origin``'s relay."""
-    return OutboxRow(
+    return OutboxEvent(
         origin=origin,
         topic=topic,
         key=schedule_key(schedule_id),
@@ -99,7 +99,7 @@ def create_token_event(
     )
 
 
-def slots_freed_row(topics: Topics, schedule_id: int, reason: str, at: datetime) -> OutboxRow:
+def slots_freed_row(topics: Topics, schedule_id: int, reason: str, at: datetime) -> OutboxEvent:
     """The outbox row telling the activator a schedule may have room for its next tokens."""
     event = events_pb2.SlotsFreedEvent(
         schedule_id=schedule_id, reason=reason, at=timestamp(at), event_id=uuid.uuid4().hex
@@ -109,11 +109,11 @@ def slots_freed_row(topics: Topics, schedule_id: int, reason: str, at: datetime)
 
 def state_changed_rows(
     topics: Topics,
-    tokens: Sequence[TokenRow],
+    tokens: Sequence[AnyToken],
     from_status: TokenStatus,
     to_status: TokenStatus,
     at: datetime,
-) -> list[OutboxRow]:
+) -> list[OutboxEvent]:
     """Outbox rows announcing that each token moved from ``from_status`` to ``to_status``."""
     stamp = timestamp(at)
     return [

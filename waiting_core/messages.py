@@ -11,7 +11,7 @@ from waiting.v1 import schedule_service_pb2, token_pb2
 from waiting_core import domain, prequeue
 from waiting_core.domain import ScheduleSettings, ScheduleUpdate, TokenStatus
 from waiting_core.errors import InvalidArgument
-from waiting_core.models import ScheduleRow, TokenRow
+from waiting_core.models import AnyToken, ScheduleRow
 from waiting_core.prequeue import PrequeueOrder
 
 _STATUS_TO_PROTO: dict[TokenStatus, token_pb2.TokenStatus.ValueType] = {
@@ -36,7 +36,7 @@ def _timestamp(moment: datetime | None) -> Timestamp | None:
     return stamp
 
 
-def token_to_proto(row: TokenRow, position: int) -> token_pb2.Token:
+def token_to_proto(row: AnyToken, position: int) -> token_pb2.Token:
     """The Token message of a row; ``position`` is computed by the caller."""
     return token_pb2.Token(
         token_id=row.token_id,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 from sqlalchemy import (
     BigInteger,
@@ -211,6 +213,31 @@ class TokenRow(Base):
     )
 
 
+@dataclass(slots=True)
+class TokenRecord:
+    """A token read or written by a Core statement, outside the ORM: the tokens a settle
+    admits and a status read returns. It has TokenRow's columns and none of its
+    instrumentation, which costs about 50 µs per object (a settle admitting 1,000 tokens
+    spent a fifth of its time building them)."""
+
+    token_id: str
+    user_id: str
+    schedule_id: int
+    seq: int
+    status: TokenStatus
+    issued_at: datetime
+    last_seen_at: datetime
+    activated_at: datetime | None = None
+    expires_at: datetime | None = None
+    ended_at: datetime | None = None
+    draw_key: bytes | None = None
+    admission_pass: str | None = None
+
+
+# A token as the code that only reads it takes it: mapped (in a session) or not.
+AnyToken: TypeAlias = TokenRow | TokenRecord
+
+
 class OutboxRow(Base):
     """An event written with the change it announces, published to Kafka by the relay."""
 
@@ -225,6 +252,20 @@ class OutboxRow(Base):
     event_type: Mapped[str] = mapped_column(String(128))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+@dataclass(slots=True)
+class OutboxEvent:
+    """An outbox row outside the ORM: what writers insert (one executemany) and the relay
+    sends. ``id`` is set once the row is in the table."""
+
+    origin: str
+    topic: str
+    key: bytes
+    event_type: str
+    payload: bytes
+    created_at: datetime
+    id: int | None = None
 
 
 class ServiceSecretRow(Base):

@@ -32,8 +32,8 @@ from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import Unavailable
 from waiting_core.events import EVENT_TYPE_HEADER, Topics
-from waiting_core.models import OutboxRow
-from waiting_core.producer import LazyProducer
+from waiting_core.models import OutboxEvent
+from waiting_core.producer import LazyProducer, Record, send_batched
 from waiting_core.retry import backoff
 from waiting_core.worker import BackgroundWorker
 
@@ -48,9 +48,9 @@ class OutboxTransaction:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self.rows: list[OutboxRow] = []
+        self.rows: list[OutboxEvent] = []
 
-    def publish(self, rows: Sequence[OutboxRow]) -> None:
+    def publish(self, rows: Sequence[OutboxEvent]) -> None:
         """Write these events in this transaction; the relay sends them once it commits."""
         self.rows.extend(rows)
 
@@ -86,7 +86,7 @@ class OutboxRelay(BackgroundWorker):
         self._topics = topics
         self._wakeup = asyncio.Event()
         self._producer = LazyProducer(bootstrap, topics, partitions, linger_ms=linger_ms)
-        self._handed: list[OutboxRow] = []
+        self._handed: list[OutboxEvent] = []
         self._scan_due = True  # rows a previous run left behind
         self._last_scan: set[int] = set()  # ids the last scan sent, in case they are handed too
         self._acked: list[int] = []
@@ -107,7 +107,7 @@ class OutboxRelay(BackgroundWorker):
             await transaction.write()
         self._hand_over(transaction.rows)
 
-    def _hand_over(self, rows: Sequence[OutboxRow]) -> None:
+    def _hand_over(self, rows: Sequence[OutboxEvent]) -> None:
         """Publish these just-committed rows soon, without reading them back."""
         if rows:
             self._handed.extend(rows)
@@ -170,7 +170,7 @@ class OutboxRelay(BackgroundWorker):
             if not rows:
                 return sent
             await self._send(rows)
-            self._last_scan.update(row.id for row in rows)
+            self._last_scan.update(row.id for row in rows if row.id is not None)
             await self._delete_acked()
             sent += len(rows)
             if len(rows) < BATCH_SIZE:
@@ -181,24 +181,24 @@ class OutboxRelay(BackgroundWorker):
             rows, self._handed = self._handed[:BATCH_SIZE], self._handed[BATCH_SIZE:]
             await self._send([row for row in rows if row.id not in self._last_scan])
 
-    async def _send(self, rows: Sequence[OutboxRow]) -> None:
+    async def _send(self, rows: Sequence[OutboxEvent]) -> None:
         """Publish and wait for every acknowledgement; the rows become due for deletion."""
         if not rows:
             return
         producer = await self._producer.get()
+        by_topic: dict[str, list[Record]] = {}
+        for row in rows:
+            headers = [(EVENT_TYPE_HEADER, row.event_type.encode())]
+            by_topic.setdefault(row.topic, []).append((row.key, row.payload, headers))
         deliveries = [
-            await producer.send(
-                row.topic,
-                value=row.payload,
-                key=row.key,
-                headers=[(EVENT_TYPE_HEADER, row.event_type.encode())],
-            )
-            for row in rows
+            delivery
+            for topic, records in by_topic.items()
+            for delivery in await send_batched(producer, topic, records)
         ]
         await asyncio.gather(*deliveries)
         if not self._acked:
             self._acked_at = asyncio.get_running_loop().time()
-        self._acked.extend(row.id for row in rows)
+        self._acked.extend(row.id for row in rows if row.id is not None)
         self.published += len(rows)
 
     async def _delete_acked(self) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from waiting_core import passes, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
-from waiting_core.models import SigningKeyRow, TokenRow
+from waiting_core.models import AnyToken, SigningKeyRow
 from waiting_core.passes import KeyRecord, PassSettings, PrivateKey
 from waiting_core.settings import CommonSettings
 
@@ -60,7 +60,7 @@ class Signer:
     key: PrivateKey
     settings: PassSettings
 
-    def mint(self, token: TokenRow) -> str:
+    def mint(self, token: AnyToken) -> str:
         """The pass of an ACTIVE token."""
         if token.activated_at is None or token.expires_at is None:
             raise ValueError(f"token {token.token_id} is not ACTIVE")

@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import KeyedColumnElement
 from waiting_core import domain
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import TokenNotFound
-from waiting_core.models import ScheduleRow, TokenRow, departed_predicate
+from waiting_core.models import ScheduleRow, TokenRecord, TokenRow, departed_predicate
 from waiting_core.raw_reads import RawReads, Row
 
 _TOKEN_COLUMNS: list[KeyedColumnElement[Any]] = list(TokenRow.__table__.columns)
@@ -32,7 +32,7 @@ _SCHEDULE_COLUMNS: list[KeyedColumnElement[Any]] = list(ScheduleRow.__table__.co
 class TokenInLine:
     """A token with its schedule's row (None if never configured) and its position."""
 
-    token: TokenRow
+    token: TokenRecord
     schedule: ScheduleRow | None
     position: int
 
@@ -87,7 +87,7 @@ class TokenLookup:
 
     def _in_line(self, row: Row) -> TokenInLine:
         split = len(self._token_columns)
-        token = TokenRow(**_values(self._token_columns, row[:split]))
+        token = TokenRecord(**_values(self._token_columns, row[:split]))
         schedule_values = row[split : split + len(self._schedule_columns)]
         schedule = (
             ScheduleRow(**_values(self._schedule_columns, schedule_values))
