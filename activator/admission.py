@@ -145,10 +145,9 @@ class Admitter:
         expired = _by_schedule(await repository.expire_due_active(session, due, now))
         abandoned = _by_schedule(await repository.abandon_stale_pending(session, due, now))
         limits = {schedule: _admissions_now(schedule, now) for schedule in schedules}
-        admitted_rows = await repository.admit_oldest(session, limits, now, by_draw)
-        if admitted_rows:
-            signer = await self._keys.signer(session)
-            await repository.record_admission_passes(session, admitted_rows, signer)
+        admitted_rows = await repository.admit_oldest(
+            session, limits, now, lambda: self._keys.signer(session), by_draw
+        )
         admitted = _by_schedule([*placement.admitted, *admitted_rows])
         for schedule in schedules:
             _record_admissions(schedule, len(admitted[schedule.schedule_id]), now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
@@ -23,10 +23,8 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    case,
     delete,
     insert,
-    literal,
     literal_column,
     or_,
     select,
@@ -36,10 +34,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Result
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import Executable, Select
 
 from waiting_core import domain, prequeue
 from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
@@ -418,73 +416,153 @@ async def admit_oldest(
     session: AsyncSession,
     limits: Mapping[ScheduleRow, int],
     now: datetime,
+    signer: Callable[[], Awaitable[PassSigner]],
     by_draw: frozenset[int] = frozenset(),
 ) -> list[TokenRecord]:
     """Turn the oldest PENDING tokens of each locked schedule ACTIVE, as many as its limit,
-    all in one statement (a UNION ALL of one index range per schedule). For the schedules
-    in ``by_draw`` (a shuffled sale opening, not renumbered yet) "oldest" means first by
-    draw key (the cohort), then, if the cohort falls short, by issue order.
+    each with its pass (minted by the signer, fetched only if anybody is admitted). For the
+    schedules in ``by_draw`` (a shuffled sale opening, not renumbered yet) "oldest" means
+    first by draw key (the cohort), then, if the cohort falls short, by issue order.
 
-    Only PENDING rows match, so a token is activated at most once (I4).
+    Two statements whatever the number: a read of the oldest (a UNION ALL of one index
+    range per schedule), then one update that admits them and stores their passes, so each
+    row is written once. The schedule locks keep anybody else from changing those tokens
+    in between; the update still matches only PENDING rows, so a token is activated at
+    most once (I4).
     """
     wanted = {schedule: limit for schedule, limit in limits.items() if limit > 0}
     if not wanted:
         return []
-    picks = [
-        (
-            select(TokenRow.token_id)
-            .where(
-                TokenRow.schedule_id == schedule.schedule_id,
-                TokenRow.status == _PENDING,
-                TokenRow.draw_key.is_not(None),
-            )
-            .order_by(TokenRow.draw_key)  # the cohort first (ix_tokens_draw)
-            if schedule.schedule_id in by_draw
-            else select(TokenRow.token_id)
-            .where(TokenRow.schedule_id == schedule.schedule_id, TokenRow.status == _PENDING)
-            .order_by(TokenRow.seq)
-        )
-        .limit(limit)
-        .subquery()
-        for schedule, limit in wanted.items()
-    ]
-    oldest = union_all(*(select(pick.c.token_id) for pick in picks))
-    expiry = {
-        schedule.schedule_id: literal(
-            now + timedelta(seconds=schedule.active_ttl_seconds), UTCDateTime()
-        )
-        for schedule in wanted
-    }
-    stmt = (
-        update(TOKENS)
-        .where(TOKENS.c.token_id.in_(oldest), TOKENS.c.status == _PENDING)
-        .values(
-            status=TokenStatus.ACTIVE,
-            activated_at=now,
-            expires_at=case(expiry, value=TOKENS.c.schedule_id),
-        )
-        .returning(*TOKENS.c)
-    )
-    # Core, not the ORM: the admitted tokens come back as plain records that belong to no
-    # session (nothing else in the transaction changes them).
-    admitted = sorted(
-        (TokenRecord(**row._mapping) for row in await _core(session, stmt)), key=lambda t: t.seq
-    )
+    picked = await _oldest_pending(session, wanted, by_draw)
+    if not picked:
+        return []
     by_id = {schedule.schedule_id: schedule for schedule in wanted}
-    for token in admitted:
+    for token in picked:
+        _activate(token, by_id[token.schedule_id], now)
+    minter = await signer()
+    for token in picked:
+        token.admission_pass = minter.mint(token)
+    await _store_admissions(session, picked, now)
+    for token in picked:
         _count_admitted(
             by_id[token.schedule_id], token, moves_head=token.schedule_id not in by_draw
         )
-    # A cohort smaller than the free slots: the others follow, in issue order.
-    admitted_of = Counter(token.schedule_id for token in admitted)
-    short = {
-        schedule: limit - admitted_of[schedule.schedule_id]
+    await _keep_key_published(session, minter, picked)
+    return picked
+
+
+async def _oldest_pending(
+    session: AsyncSession, wanted: Mapping[ScheduleRow, int], by_draw: frozenset[int]
+) -> list[TokenRecord]:
+    """The tokens ``admit_oldest`` admits, in seq order (the cohort's by draw key first)."""
+    picks = [
+        _oldest_by_draw_key(schedule.schedule_id, limit)
+        if schedule.schedule_id in by_draw
+        else _oldest_by_seq(schedule.schedule_id, limit)
         for schedule, limit in wanted.items()
-        if schedule.schedule_id in by_draw and admitted_of[schedule.schedule_id] < limit
+    ]
+    picked = [TokenRecord(**row._mapping) for row in await _core(session, _union(picks))]
+    # A cohort smaller than the free slots: the others follow, in issue order.
+    picked_of = Counter(token.schedule_id for token in picked)
+    short = {
+        schedule.schedule_id: limit - picked_of[schedule.schedule_id]
+        for schedule, limit in wanted.items()
+        if schedule.schedule_id in by_draw and picked_of[schedule.schedule_id] < limit
     }
     if short:
-        admitted += await admit_oldest(session, short, now)
-    return admitted
+        # The cohort is still PENDING in the table, so read past it and skip it here.
+        chosen = {token.token_id for token in picked}
+        rest = [_oldest_by_seq(i, n + picked_of[i]) for i, n in short.items()]
+        followers: Counter[int] = Counter()
+        for row in await _core(session, _union(rest)):
+            token = TokenRecord(**row._mapping)
+            if (
+                token.token_id not in chosen
+                and followers[token.schedule_id] < short[token.schedule_id]
+            ):
+                followers[token.schedule_id] += 1
+                picked.append(token)
+    return sorted(picked, key=lambda t: t.seq)
+
+
+def _oldest_by_seq(schedule_id: int, limit: int) -> Select[Any]:
+    return (
+        select(*TOKENS.c)
+        .where(TOKENS.c.schedule_id == schedule_id, TOKENS.c.status == _PENDING)
+        .order_by(TOKENS.c.seq)  # ix_tokens_pending
+        .limit(limit)
+    )
+
+
+def _oldest_by_draw_key(schedule_id: int, limit: int) -> Select[Any]:
+    return (
+        select(*TOKENS.c)
+        .where(
+            TOKENS.c.schedule_id == schedule_id,
+            TOKENS.c.status == _PENDING,
+            TOKENS.c.draw_key.is_not(None),
+        )
+        .order_by(TOKENS.c.draw_key)  # the cohort first (ix_tokens_draw)
+        .limit(limit)
+    )
+
+
+def _union(picks: Sequence[Select[Any]]) -> Executable:
+    """One statement for every schedule's pick (each keeps its own order and limit)."""
+    if len(picks) == 1:
+        return picks[0]
+    subqueries = [pick.subquery() for pick in picks]
+    return union_all(*(select(*subquery.c) for subquery in subqueries))
+
+
+def _activate(token: TokenRecord, schedule: ScheduleRow, now: datetime) -> None:
+    token.status = TokenStatus.ACTIVE
+    token.activated_at = now
+    token.expires_at = now + timedelta(seconds=schedule.active_ttl_seconds)
+
+
+async def _store_admissions(
+    session: AsyncSession, tokens: Sequence[TokenRecord], now: datetime
+) -> None:
+    """Write the admitted tokens, passes included, in one statement (PostgreSQL) or one
+    executemany (SQLite, in process). Each must still be PENDING: the schedule locks make
+    that certain, and if it ever were not, the settle fails and is rolled back whole."""
+    if session.get_bind().dialect.name == "postgresql":
+        params = {
+            "now": now,
+            "token_ids": [t.token_id for t in tokens],
+            "expires": [t.expires_at for t in tokens],
+            "passes": [t.admission_pass for t in tokens],
+        }
+        stored = len((await _core(session, _ADMIT_UNNEST, params)).all())
+    else:
+        rows = [
+            {"b_token_id": t.token_id, "b_expires": t.expires_at, "b_pass": t.admission_pass}
+            for t in tokens
+        ]
+        result = await _core(session, _ADMIT.values(activated_at=now), rows)
+        stored = cast(CursorResult[Any], result).rowcount
+    if stored != len(tokens):
+        raise RuntimeError(f"admitted {stored} of {len(tokens)} tokens: the line changed")
+
+
+_ADMIT = (
+    update(TOKENS)
+    .where(TOKENS.c.token_id == bindparam("b_token_id"), TOKENS.c.status == _PENDING)
+    .values(
+        status=TokenStatus.ACTIVE,
+        expires_at=bindparam("b_expires", type_=UTCDateTime()),
+        admission_pass=bindparam("b_pass"),
+    )
+)
+_ADMIT_UNNEST = text(
+    "UPDATE tokens SET status = 'ACTIVE', activated_at = :now,"
+    " expires_at = admitted.expires_at, admission_pass = admitted.pass"
+    " FROM unnest(CAST(:token_ids AS text[]), CAST(:expires AS timestamptz[]),"
+    " CAST(:passes AS text[])) AS admitted(token_id, expires_at, pass)"
+    " WHERE tokens.token_id = admitted.token_id AND tokens.status = 'PENDING'"
+    " RETURNING tokens.token_id"
+).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 async def release_tokens(
@@ -808,25 +886,6 @@ class PassSigner(Protocol):
         """The pass of an ACTIVE token."""
 
 
-async def record_admission_passes(
-    session: AsyncSession, tokens: Sequence[TokenRecord], signer: PassSigner
-) -> None:
-    """Mint and store the pass of each newly ACTIVE token (one executemany), and keep the
-    signing key published until the last of them expires (only ever later)."""
-    minted = {token.token_id: signer.mint(token) for token in tokens}
-    if session.get_bind().dialect.name == "postgresql":
-        # One statement: an executemany is a statement per token on the server (1,000
-        # passes took 110 ms that way).
-        params = {"token_ids": list(minted), "passes": list(minted.values())}
-        await _core(session, _STORE_PASSES_UNNEST, params)
-    else:
-        params = [{"b_token_id": token_id, "b_pass": value} for token_id, value in minted.items()]
-        await _core(session, _STORE_PASS, params)
-    for token in tokens:
-        token.admission_pass = minted[token.token_id]
-    await _keep_key_published(session, signer, tokens)
-
-
 async def _keep_key_published(
     session: AsyncSession, signer: PassSigner, tokens: Sequence[AnyToken]
 ) -> None:
@@ -835,16 +894,6 @@ async def _keep_key_published(
     await _core(session, _KEEP_KEY_PUBLISHED, {"b_kid": signer.kid, "last_exp": last_exp})
 
 
-_STORE_PASS = (
-    update(TOKENS)
-    .where(TOKENS.c.token_id == bindparam("b_token_id"))
-    .values(admission_pass=bindparam("b_pass"))
-)
-_STORE_PASSES_UNNEST = text(
-    "UPDATE tokens SET admission_pass = minted.pass"
-    " FROM unnest(CAST(:token_ids AS text[]), CAST(:passes AS text[])) AS minted(token_id, pass)"
-    " WHERE tokens.token_id = minted.token_id"
-)
 _KEEP_KEY_PUBLISHED = (
     update(SigningKeyRow)
     .where(
