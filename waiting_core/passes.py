@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
@@ -142,8 +143,20 @@ def mint(claims: dict[str, Any], key: PrivateKey, kid: str, algorithm: str) -> s
     thousand passes in one transaction)."""
     payload = _base64url(json.dumps(claims, separators=(",", ":")).encode())
     signing_input = _header_segment(kid, algorithm) + b"." + payload
-    signature = _SIGNERS[algorithm].sign(signing_input, key)
-    return (signing_input + b"." + _base64url(signature)).decode()
+    return (signing_input + b"." + _base64url(_sign(signing_input, key, algorithm))).decode()
+
+
+def _sign(signing_input: bytes, key: PrivateKey, algorithm: str) -> bytes:
+    if algorithm == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey):
+        # PyJWT's ECAlgorithm.sign without its per-call work: the DER signature becomes
+        # the JWS's fixed-size r || s (RFC 7518, 3.4).
+        r, s = decode_dss_signature(key.sign(signing_input, _ECDSA_SHA256))
+        size = (key.curve.key_size + 7) // 8
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    return _SIGNERS[algorithm].sign(signing_input, key)
+
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 _SIGNERS = {
