@@ -123,6 +123,11 @@ class OutboxRelay(BackgroundWorker):
         await self._producer.stop()
 
     async def _run(self) -> None:
+        # Connect now: starting the producer on the first event made that event (an
+        # operator's first capacity raise, say) about 200 ms late. A broker that is down
+        # is tried again by the first publish.
+        with contextlib.suppress(Exception):
+            await self._producer.get()
         loop = asyncio.get_running_loop()
         failures = 0
         next_scan = loop.time()
