@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -62,6 +63,12 @@ def run_service(
 async def _serve(make_app: Callable[[], App]) -> None:
     app = make_app()  # inside the loop: grpc.aio binds its server to the running loop
     await app.start()
+    # What start-up made (modules, descriptors, compiled statements) lives as long as the
+    # process: keep it out of the collector's full passes. Without this, a full pass took
+    # the activator 85-150 ms, a pause for every RPC and admission, several times a minute
+    # under load.
+    gc.collect()
+    gc.freeze()
     try:
         await wait_for_shutdown_signal()
     finally:
