@@ -349,12 +349,11 @@ def _admit_on_arrival(
     row: dict[str, Any], schedule: ScheduleRow, on_arrival: AdmitOnArrival
 ) -> TokenRecord:
     """Make the row to insert ACTIVE, with its pass; count it in the schedule's row."""
-    now = on_arrival.now
-    row["status"] = TokenStatus.ACTIVE
-    row["activated_at"] = now
-    row["expires_at"] = now + timedelta(seconds=schedule.active_ttl_seconds)
     token = TokenRecord(**row)
-    token.admission_pass = row["admission_pass"] = on_arrival.signer.mint(token)
+    _activate(token, schedule, on_arrival.now)
+    token.admission_pass = on_arrival.signer.mint(token)
+    for column in ("status", "activated_at", "expires_at", "admission_pass"):
+        row[column] = getattr(token, column)
     _count_admitted(schedule, token, moves_head=True)
     return token
 
@@ -516,6 +515,7 @@ def _union(picks: Sequence[Select[Any]]) -> Executable:
 
 
 def _activate(token: TokenRecord, schedule: ScheduleRow, now: datetime) -> None:
+    """Make an admitted token ACTIVE from ``now`` for its schedule's active TTL."""
     token.status = TokenStatus.ACTIVE
     token.activated_at = now
     token.expires_at = now + timedelta(seconds=schedule.active_ttl_seconds)
