@@ -110,6 +110,15 @@ class SqliteReads:
         return self._connection
 
 
+class _ReadConnection(asyncpg.Connection):
+    """A pooled connection that only ever runs single read statements, outside any
+    transaction: it leaves no session state behind, so going back to the pool needs no
+    reset query (asyncpg's default runs one, a second round trip for every read)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PostgresReads:
     """Prepared statements on a pool of asyncpg connections, made on first use (the server
     may not be up when the service starts)."""
@@ -153,5 +162,6 @@ class PostgresReads:
                         max_size=self._pool_size,
                         timeout=5,
                         command_timeout=30,
+                        connection_class=_ReadConnection,
                     )
         return self._pool

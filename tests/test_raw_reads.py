@@ -1,0 +1,37 @@
+"""Reads outside the ORM (``raw_reads``): rows straight from the driver, one round trip each."""
+
+from __future__ import annotations
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from tools.system import create_postgres_database
+from waiting_core.raw_reads import raw_reads_for
+
+
+async def test_a_read_returns_its_rows(database_url: str) -> None:
+    reads = raw_reads_for(database_url)
+    sql = "SELECT COUNT(*) + ? FROM tokens"
+    if not database_url.startswith("sqlite"):
+        sql = sql.replace("?", "$1")
+    try:
+        rows = await reads.fetch(sql, [2])
+    finally:
+        await reads.stop()
+    assert [tuple(row) for row in rows] == [(2,)]
+
+
+async def test_a_pooled_postgres_read_makes_no_second_round_trip(postgres_server: str) -> None:
+    """Giving a PostgreSQL connection back to the pool runs no reset query: the last
+    statement its server process ran is the read itself. (SQLite reads have no pool.)"""
+    database_url = create_postgres_database(postgres_server)
+    reads = raw_reads_for(database_url, pool_size=1)
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    observer = await asyncpg.connect(dsn)
+    try:
+        ((pid,),) = await reads.fetch("SELECT pg_backend_pid()", [])
+        last = await observer.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+    finally:
+        await observer.close()
+        await reads.stop()
+    assert last == "SELECT pg_backend_pid()"
