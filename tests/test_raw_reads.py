@@ -11,14 +11,14 @@ from waiting_core.raw_reads import raw_reads_for
 
 async def test_a_read_returns_its_rows(database_url: str) -> None:
     reads = raw_reads_for(database_url)
-    sql = "SELECT COUNT(*) + ? FROM tokens"
+    sql = "SELECT ?, COUNT(*) FROM tokens WHERE token_id = ?"
     if not database_url.startswith("sqlite"):
-        sql = sql.replace("?", "$1")
+        sql = "SELECT $1::text, COUNT(*) FROM tokens WHERE token_id = $2"
     try:
-        rows = await reads.fetch(sql, [2])
+        rows = await reads.fetch(sql, ["asked", "no-such-token"])
     finally:
         await reads.stop()
-    assert [tuple(row) for row in rows] == [(2,)]
+    assert [tuple(row) for row in rows] == [("asked", 0)]
 
 
 async def test_a_pooled_postgres_read_makes_no_second_round_trip(postgres_server: str) -> None:

@@ -10,17 +10,19 @@ move the lifecycle forbids) goes to that caller alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from waiting_core import metrics, repository
+from waiting_core import metrics, repository, sqlite_releases
 from waiting_core.clock import utc_now
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import DomainError
 from waiting_core.events import Topics, slots_freed_row, state_changed_rows
-from waiting_core.models import OutboxEvent, TokenRow
+from waiting_core.models import AnyToken, OutboxEvent
 from waiting_core.outbox import OutboxRelay
+from waiting_core.sqlite_writer import SqliteWriter
 from waiting_core.worker import BackgroundWorker
 
 MAX_BATCH = 500
@@ -30,7 +32,7 @@ MAX_BATCH = 500
 class _Request:
     token_id: str
     target: TokenStatus
-    answer: asyncio.Future[TokenRow]
+    answer: asyncio.Future[AnyToken]
 
 
 class ReleaseBatcher(BackgroundWorker):
@@ -38,15 +40,20 @@ class ReleaseBatcher(BackgroundWorker):
 
     name = "release-batcher"
 
-    def __init__(self, relay: OutboxRelay, topics: Topics) -> None:
+    def __init__(
+        self, relay: OutboxRelay, topics: Topics, sqlite_writer: SqliteWriter | None = None
+    ) -> None:
+        """On SQLite, ``sqlite_writer`` runs each group's transaction in one hop
+        (``sqlite_releases``); without it, the group goes through the ORM session."""
         self._relay = relay
         self._topics = topics
+        self._sqlite_writer = sqlite_writer
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         super().__init__()
 
-    async def release(self, token_id: str, target: TokenStatus) -> TokenRow:
+    async def release(self, token_id: str, target: TokenStatus) -> AnyToken:
         """Move the token to ``target`` (COMPLETED or CANCELLED); the token after it."""
-        answer: asyncio.Future[TokenRow] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[AnyToken] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(token_id, target, answer))
         return await asyncio.shield(answer)
 
@@ -59,12 +66,9 @@ class ReleaseBatcher(BackgroundWorker):
 
     async def _write(self, batch: list[_Request]) -> None:
         now = utc_now()
+        requests = [(r.token_id, r.target) for r in batch]
         try:
-            async with self._relay.transaction() as tx:
-                results = await repository.release_tokens(
-                    tx.session, [(r.token_id, r.target) for r in batch], now
-                )
-                tx.publish(self._events(batch, results, now))
+            results = await self._apply(batch, requests, now)
         except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map
             for request in batch:
                 if not request.answer.done():
@@ -78,6 +82,23 @@ class ReleaseBatcher(BackgroundWorker):
             else:
                 _count(result, request.target)
                 request.answer.set_result(result.token)
+
+    async def _apply(
+        self, batch: list[_Request], requests: list[tuple[str, TokenStatus]], now: datetime
+    ) -> Sequence[repository.Release | DomainError]:
+        """One transaction for the group: the releases, their events in the outbox."""
+        if self._sqlite_writer is not None:
+            events_of = functools.partial(self._events, batch, now=now)
+            work = functools.partial(
+                sqlite_releases.release_tokens, requests=requests, now=now, events_of=events_of
+            )
+            results, events = await self._sqlite_writer.run(work)
+            self._relay.hand_over(events)
+            return results
+        async with self._relay.transaction() as tx:
+            results = await repository.release_tokens(tx.session, requests, now)
+            tx.publish(self._events(batch, results, now))
+        return results
 
     def _events(
         self,

@@ -27,6 +27,7 @@ from waiting_core.producer import LazyProducer
 from waiting_core.raw_reads import raw_reads_for
 from waiting_core.seen import SeenTokens
 from waiting_core.signing_keys import SigningKeys, key_config
+from waiting_core.sqlite_writer import sqlite_writer_for
 from waiting_core.token_lookup import TokenLookup
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ class TokenApi(serving.GrpcService):
         self.batcher = IssueBatcher(
             self.database, HeldTokens(self.raw_reads), self.ids, producer, topics
         )
-        self.releaser = ReleaseBatcher(self.relay, topics)
+        # On SQLite, each group of releases is one transaction in one hop (sqlite_writer).
+        self.sqlite_writer = sqlite_writer_for(settings.database_url)
+        self.releaser = ReleaseBatcher(self.relay, topics, self.sqlite_writer)
         self.seen = SeenTokens(self.database)
         server = serving.new_server(
             AdminAuthInterceptor(settings.admin_token), reuse_port=settings.reuse_port
@@ -98,7 +101,15 @@ class TokenApi(serving.GrpcService):
             "token_api",
             server,
             SERVICE_NAMES,
-            [self.database, self.raw_reads, self.relay, self.batcher, self.releaser, self.seen],
+            [
+                self.database,
+                *([self.sqlite_writer] if self.sqlite_writer else []),
+                self.raw_reads,
+                self.relay,
+                self.batcher,
+                self.releaser,
+                self.seen,
+            ],
             # Ready when an issue can be taken: the store answers and so does the broker.
             checks=[database_check(self.database), KafkaCheck(settings.kafka_bootstrap)],
             host=settings.host,

@@ -18,7 +18,7 @@ from waiting_core.errors import TokenNotFound, Unavailable
 from waiting_core.events import Topics
 from waiting_core.identity import TokenIdSource
 from waiting_core.messages import token_to_proto
-from waiting_core.models import TokenRow
+from waiting_core.models import AnyToken
 from waiting_core.outbox import OutboxRelay
 from waiting_core.seen import SeenTokens
 from waiting_core.signing_keys import SigningKeys
@@ -118,7 +118,7 @@ class TokenService(token_service_pb2_grpc.TokenServiceServicer):
             raise TokenNotFound(token_id)
         return token
 
-    async def _release(self, raw_token_id: str, target: TokenStatus) -> TokenRow:
+    async def _release(self, raw_token_id: str, target: TokenStatus) -> AnyToken:
         token_id = domain.validate_token_id(raw_token_id)
         for wait in PLACEMENT_WAITS:
             try:

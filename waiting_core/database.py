@@ -27,7 +27,12 @@ from sqlalchemy.ext.asyncio import (
 
 from waiting_core.errors import StorageUnavailable
 from waiting_core.migrate import SchemaOutOfDate, check_revision
-from waiting_core.sqlite_connections import BUSY_TIMEOUT, PollingWriterConnection, inline_connector
+from waiting_core.sqlite_connections import (
+    BUSY_TIMEOUT,
+    PRAGMAS,
+    PollingWriterConnection,
+    inline_connector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +183,8 @@ def _create_sqlite_engine(url: str, echo: bool, in_loop: bool) -> AsyncEngine:
         # lock up front (BEGIN IMMEDIATE) instead of failing to upgrade a read lock.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -105,10 +105,12 @@ class OutboxRelay(BackgroundWorker):
             transaction = OutboxTransaction(session)
             yield transaction
             await transaction.write()
-        self._hand_over(transaction.rows)
+        self.hand_over(transaction.rows)
 
-    def _hand_over(self, rows: Sequence[OutboxEvent]) -> None:
-        """Publish these just-committed rows soon, without reading them back."""
+    def hand_over(self, rows: Sequence[OutboxEvent]) -> None:
+        """Publish these just-committed rows (with their ids) soon, without reading them
+        back. ``transaction`` does it for its own; a writer outside it calls it after its
+        commit."""
         if rows:
             self._handed.extend(rows)
             self._wakeup.set()

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
+from sqlalchemy import Float
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.sql.elements import KeyedColumnElement
 
 from waiting_core.errors import StorageUnavailable
 
 Row = Sequence[Any]
+Convert = Callable[[Any], Any] | None
 
 # What asyncpg raises when the server cannot be reached, is starting or shutting down, or
 # has no connection to spare: the store is unavailable, not the request wrong.
@@ -165,3 +168,29 @@ class PostgresReads:
                         connection_class=_ReadConnection,
                     )
         return self._pool
+
+
+def column_converters(
+    columns: Sequence[KeyedColumnElement[Any]], dialect: Dialect
+) -> list[tuple[str, Convert]]:
+    """Each column's attribute name with the conversion SQLAlchemy applies to its values
+    (SQLite's timestamps are text, say). Floats need none: both drivers return a ``float``
+    for a double precision column (and asyncpg's numeric conversion would ask for the
+    column's type code)."""
+    return [
+        (
+            column.key,
+            None
+            if isinstance(column.type, Float)
+            else column.type.dialect_impl(dialect).result_processor(dialect, None),
+        )
+        for column in columns
+    ]
+
+
+def converted(columns: list[tuple[str, Convert]], values: Sequence[Any]) -> dict[str, Any]:
+    """A row's values by attribute name, each converted as its column's type says."""
+    return {
+        name: convert(value) if convert is not None and value is not None else value
+        for (name, convert), value in zip(columns, values, strict=True)
+    }

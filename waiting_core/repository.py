@@ -83,7 +83,7 @@ _DEPARTED = departed_predicate("tokens.")
 class Release:
     """What a complete or cancel did: the token after it, and whether a slot was freed."""
 
-    token: TokenRow
+    token: AnyToken
     previous: TokenStatus
     changed: bool
     freed_slot: bool
@@ -587,6 +587,17 @@ async def release_tokens(
         .execution_options(populate_existing=True)
     )
     tokens = {t.token_id: t for t in (await session.execute(locked)).scalars()}
+    return apply_releases(requests, tokens, schedules, now)
+
+
+def apply_releases(
+    requests: Sequence[tuple[str, TokenStatus]],
+    tokens: Mapping[str, AnyToken],
+    schedules: Mapping[int, ScheduleRow],
+    now: datetime,
+) -> list[Release | DomainError]:
+    """Each request's Release, or the DomainError that belongs to it alone, in request
+    order. Changes the tokens and their schedules' counts in memory; the caller writes them."""
     results: list[Release | DomainError] = []
     for token_id, target in requests:
         token = tokens.get(token_id)
@@ -600,7 +611,7 @@ async def release_tokens(
     return results
 
 
-def _release(token: TokenRow, schedule: ScheduleRow, target: TokenStatus, now: datetime) -> Release:
+def _release(token: AnyToken, schedule: ScheduleRow, target: TokenStatus, now: datetime) -> Release:
     previous = token.status
     if not domain.check_release(previous, target):
         return Release(token=token, previous=previous, changed=False, freed_slot=False)

@@ -41,6 +41,14 @@ import aiosqlite
 WRITE_LOCK_TIMEOUT = 30.0
 WRITE_LOCK_POLLS = (0.0002, 0.0005, 0.001)  # then every millisecond
 BUSY_TIMEOUT = 2.0
+# Every connection's settings: write-ahead log (readers never wait for the writer), no fsync
+# per commit (a crash of the machine may lose the last commits, not the file), bounded waits.
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}",
+    "PRAGMA foreign_keys=ON",
+)
 
 
 class _RunNow:
@@ -93,6 +101,12 @@ def _no_busy_wait(connection: sqlite3.Connection) -> Iterator[None]:
         yield
     finally:
         connection.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+
+
+def begin_immediate(connection: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` on a connection of this thread, polling for the write lock."""
+    with _no_busy_wait(connection):
+        _poll_for_write_lock(connection.execute, "BEGIN IMMEDIATE")
 
 
 def _poll_for_write_lock(begin: Callable[..., Any], *args: Any) -> Any:

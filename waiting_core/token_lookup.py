@@ -9,12 +9,10 @@ they are a snapshot to read from, never to change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Float, bindparam, func, select
-from sqlalchemy.engine import Dialect
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import KeyedColumnElement
 
@@ -22,7 +20,7 @@ from waiting_core import domain
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import TokenNotFound
 from waiting_core.models import ScheduleRow, TokenRecord, TokenRow, departed_predicate
-from waiting_core.raw_reads import RawReads, Row
+from waiting_core.raw_reads import RawReads, Row, column_converters, converted
 
 _TOKEN_COLUMNS: list[KeyedColumnElement[Any]] = list(TokenRow.__table__.columns)
 _SCHEDULE_COLUMNS: list[KeyedColumnElement[Any]] = list(ScheduleRow.__table__.columns)
@@ -61,9 +59,6 @@ def _statement() -> Any:
     )
 
 
-Convert = Callable[[Any], Any] | None
-
-
 class TokenLookup:
     """``read(token_id)``: the token in line, or ``TokenNotFound``."""
 
@@ -74,8 +69,8 @@ class TokenLookup:
         self._sql = str(compiled)
         self._order = list(compiled.positiontup or [])
         self._defaults = compiled.construct_params({"token_id": ""})
-        self._token_columns = _converters(_TOKEN_COLUMNS, dialect)
-        self._schedule_columns = _converters(_SCHEDULE_COLUMNS, dialect)
+        self._token_columns = column_converters(_TOKEN_COLUMNS, dialect)
+        self._schedule_columns = column_converters(_SCHEDULE_COLUMNS, dialect)
 
     async def read(self, token_id: str) -> TokenInLine:
         """The token, its schedule and its position; ``TokenNotFound`` if not in the store."""
@@ -87,10 +82,10 @@ class TokenLookup:
 
     def _in_line(self, row: Row) -> TokenInLine:
         split = len(self._token_columns)
-        token = TokenRecord(**_values(self._token_columns, row[:split]))
+        token = TokenRecord(**converted(self._token_columns, row[:split]))
         schedule_values = row[split : split + len(self._schedule_columns)]
         schedule = (
-            ScheduleRow(**_values(self._schedule_columns, schedule_values))
+            ScheduleRow(**converted(self._schedule_columns, schedule_values))
             if schedule_values[0] is not None
             else None
         )
@@ -99,27 +94,3 @@ class TokenLookup:
             head_seq = schedule.head_seq if schedule is not None else 0
             position = domain.pending_position(token.seq, head_seq, row[-1])
         return TokenInLine(token, schedule, position)
-
-
-def _converters(
-    columns: Sequence[KeyedColumnElement[Any]], dialect: Dialect
-) -> list[tuple[str, Convert]]:
-    """Each column's attribute name with the conversion SQLAlchemy applies to its values.
-    Floats need none: both drivers return a ``float`` for a double precision column (and
-    asyncpg's numeric conversion would ask for the column's type code)."""
-    return [
-        (
-            column.key,
-            None
-            if isinstance(column.type, Float)
-            else column.type.dialect_impl(dialect).result_processor(dialect, None),
-        )
-        for column in columns
-    ]
-
-
-def _values(columns: list[tuple[str, Convert]], values: Sequence[Any]) -> dict[str, Any]:
-    return {
-        name: convert(value) if convert is not None and value is not None else value
-        for (name, convert), value in zip(columns, values, strict=True)
-    }

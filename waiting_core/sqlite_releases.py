@@ -1,0 +1,126 @@
+"""Releases (CompleteToken, CancelToken) as one plain-SQL transaction on SQLite, run by a
+``SqliteWriter`` in one hop.
+
+The same steps and rules as ``repository.release_tokens``, which PostgreSQL keeps: read the
+tokens and their schedules' counts, apply the releases in memory
+(``repository.apply_releases``), write the changed tokens and counts, and insert the
+outbox rows. No row locks are needed: ``BEGIN IMMEDIATE`` holds SQLite's one write lock
+until the commit, so nothing else changes these rows meanwhile. Values go in and come out
+with the columns' own conversions (timestamps are text on SQLite), as SQLAlchemy's would.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.dialects import sqlite
+
+from waiting_core import repository
+from waiting_core.domain import TokenStatus
+from waiting_core.errors import DomainError
+from waiting_core.models import OutboxEvent, ScheduleRow, TokenRecord, TokenRow
+from waiting_core.raw_reads import column_converters, converted
+from waiting_core.repository import Release
+
+Results = list[Release | DomainError]
+EventsOf = Callable[[Sequence[Release | DomainError]], list[OutboxEvent]]
+
+_DIALECT = sqlite.dialect()
+_TOKEN_COLUMNS = list(TokenRow.__table__.columns)
+_TOKEN_VALUES = column_converters(_TOKEN_COLUMNS, _DIALECT)
+
+_COLUMN_LIST = ", ".join(column.name for column in _TOKEN_COLUMNS)
+_SELECT_TOKENS = (
+    f"SELECT {_COLUMN_LIST} FROM tokens"  # noqa: S608 - the column names come from the model
+    " WHERE token_id IN (SELECT value FROM json_each(?))"
+)
+_SELECT_COUNTS = (
+    "SELECT schedule_id, active_count, pending_count FROM schedules"
+    " WHERE schedule_id IN (SELECT value FROM json_each(?))"
+)
+_SET_ENDED = "UPDATE tokens SET status = ?, ended_at = ? WHERE token_id = ?"
+_SET_COUNTS = "UPDATE schedules SET active_count = ?, pending_count = ? WHERE schedule_id = ?"
+_INSERT_OUTBOX = (
+    'INSERT INTO outbox (origin, topic, "key", event_type, payload, created_at)'
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_LAST_OUTBOX_ID = "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+
+
+def _bind(column_name: str) -> Callable[[Any], Any]:
+    """The conversion SQLAlchemy applies to a value bound for ``tokens.column_name``."""
+    column_type = TokenRow.__table__.c[column_name].type
+    processor = column_type.dialect_impl(_DIALECT).bind_processor(_DIALECT)
+    if processor is None:
+        return lambda value: value
+    return processor
+
+
+_STATUS = _bind("status")
+_TIME = _bind("ended_at")
+
+
+def release_tokens(
+    connection: sqlite3.Connection,
+    requests: Sequence[tuple[str, TokenStatus]],
+    now: datetime,
+    events_of: EventsOf,
+) -> tuple[Results, list[OutboxEvent]]:
+    """Apply the releases (token id, target status) in request order; write the changes
+    and ``events_of(results)`` to the outbox. The results, and the outbox rows with ids."""
+    ids = list(dict.fromkeys(token_id for token_id, _ in requests))
+    tokens = {
+        token.token_id: token
+        for token in (
+            TokenRecord(**converted(_TOKEN_VALUES, row))
+            for row in connection.execute(_SELECT_TOKENS, (json.dumps(ids),))
+        )
+    }
+    schedule_ids = sorted({token.schedule_id for token in tokens.values()})
+    schedules = {
+        schedule_id: ScheduleRow(
+            schedule_id=schedule_id, active_count=active_count, pending_count=pending_count
+        )
+        for schedule_id, active_count, pending_count in connection.execute(
+            _SELECT_COUNTS, (json.dumps(schedule_ids),)
+        )
+    }
+    results = repository.apply_releases(requests, tokens, schedules, now)
+    changed = {r.token.token_id: r.token for r in results if isinstance(r, Release) and r.changed}
+    connection.executemany(
+        _SET_ENDED,
+        [(_STATUS(t.status), _TIME(t.ended_at), t.token_id) for t in changed.values()],
+    )
+    touched = {token.schedule_id for token in changed.values()}
+    connection.executemany(
+        _SET_COUNTS,
+        [
+            (s.active_count, s.pending_count, s.schedule_id)
+            for s in schedules.values()
+            if s.schedule_id in touched
+        ],
+    )
+    events = events_of(results)
+    _insert_outbox_rows(connection, events)
+    return results, events
+
+
+def _insert_outbox_rows(connection: sqlite3.Connection, rows: Sequence[OutboxEvent]) -> None:
+    """Insert the rows and give each its id: the last ids handed out, as in
+    ``repository.insert_outbox_rows`` (the write lock is held; the table is AUTOINCREMENT)."""
+    if not rows:
+        return
+    connection.executemany(
+        _INSERT_OUTBOX,
+        [
+            (row.origin, row.topic, row.key, row.event_type, row.payload, _TIME(row.created_at))
+            for row in rows
+        ],
+    )
+    (last,) = connection.execute(_LAST_OUTBOX_ID).fetchone()
+    for offset, row in enumerate(rows):
+        row.id = last - len(rows) + 1 + offset
