@@ -1,10 +1,10 @@
 """Group commit for CompleteToken and CancelToken: concurrent releases share a transaction.
 
 Releases refill slots, so at rush rate they bound admissions. One task takes every release
-that is waiting and applies them all in one transaction (three statements for the group,
-then the updates), with their state changes and one SlotsFreedEvent per schedule that got
-a slot back in its outbox, and answers each caller. A request's own error (an unknown id, a
-move the lifecycle forbids) goes to that caller alone.
+that is waiting and applies them all in one plain-SQL transaction (``waiting_core.releases``:
+a few statements for the whole group), with their state changes and one SlotsFreedEvent per
+schedule that got a slot back in its outbox, and answers each caller. A request's own
+error (an unknown id, a move the lifecycle forbids) goes to that caller alone.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from waiting_core import metrics, repository, sqlite_releases
+from waiting_core import metrics, repository
 from waiting_core.clock import utc_now
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import DomainError
 from waiting_core.events import Topics, slots_freed_row, state_changed_rows
 from waiting_core.models import AnyToken, OutboxEvent
 from waiting_core.outbox import OutboxRelay
-from waiting_core.sqlite_writer import SqliteWriter
+from waiting_core.releases import ReleaseStore
 from waiting_core.worker import BackgroundWorker
 
 MAX_BATCH = 500
@@ -40,14 +40,10 @@ class ReleaseBatcher(BackgroundWorker):
 
     name = "release-batcher"
 
-    def __init__(
-        self, relay: OutboxRelay, topics: Topics, sqlite_writer: SqliteWriter | None = None
-    ) -> None:
-        """On SQLite, ``sqlite_writer`` runs each group's transaction in one hop
-        (``sqlite_releases``); without it, the group goes through the ORM session."""
+    def __init__(self, store: ReleaseStore, relay: OutboxRelay, topics: Topics) -> None:
+        self._store = store
         self._relay = relay
         self._topics = topics
-        self._sqlite_writer = sqlite_writer
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         super().__init__()
 
@@ -87,17 +83,9 @@ class ReleaseBatcher(BackgroundWorker):
         self, batch: list[_Request], requests: list[tuple[str, TokenStatus]], now: datetime
     ) -> Sequence[repository.Release | DomainError]:
         """One transaction for the group: the releases, their events in the outbox."""
-        if self._sqlite_writer is not None:
-            events_of = functools.partial(self._events, batch, now=now)
-            work = functools.partial(
-                sqlite_releases.release_tokens, requests=requests, now=now, events_of=events_of
-            )
-            results, events = await self._sqlite_writer.run(work)
-            self._relay.hand_over(events)
-            return results
-        async with self._relay.transaction() as tx:
-            results = await repository.release_tokens(tx.session, requests, now)
-            tx.publish(self._events(batch, results, now))
+        events_of = functools.partial(self._events, batch, now=now)
+        results, events = await self._store.apply(requests, now, events_of)
+        self._relay.hand_over(events)
         return results
 
     def _events(

@@ -25,9 +25,9 @@ from waiting_core.identity import TokenIdSource
 from waiting_core.outbox import OutboxRelay
 from waiting_core.producer import LazyProducer
 from waiting_core.raw_reads import raw_reads_for
+from waiting_core.releases import release_store_for
 from waiting_core.seen import SeenTokens
 from waiting_core.signing_keys import SigningKeys, key_config
-from waiting_core.sqlite_writer import sqlite_writer_for
 from waiting_core.token_lookup import TokenLookup
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,9 @@ class TokenApi(serving.GrpcService):
         self.batcher = IssueBatcher(
             self.database, HeldTokens(self.raw_reads), self.ids, producer, topics
         )
-        # On SQLite, each group of releases is one transaction in one hop (sqlite_writer).
-        self.sqlite_writer = sqlite_writer_for(settings.database_url)
-        self.releaser = ReleaseBatcher(self.relay, topics, self.sqlite_writer)
+        # Each group of releases is one plain-SQL transaction (releases).
+        self.release_store = release_store_for(settings.database_url)
+        self.releaser = ReleaseBatcher(self.release_store, self.relay, topics)
         self.seen = SeenTokens(self.database)
         server = serving.new_server(
             AdminAuthInterceptor(settings.admin_token), reuse_port=settings.reuse_port
@@ -103,7 +103,7 @@ class TokenApi(serving.GrpcService):
             SERVICE_NAMES,
             [
                 self.database,
-                *([self.sqlite_writer] if self.sqlite_writer else []),
+                self.release_store,
                 self.raw_reads,
                 self.relay,
                 self.batcher,

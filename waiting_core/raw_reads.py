@@ -32,7 +32,7 @@ Convert = Callable[[Any], Any] | None
 
 # What asyncpg raises when the server cannot be reached, is starting or shutting down, or
 # has no connection to spare: the store is unavailable, not the request wrong.
-_UNREACHABLE = (
+UNREACHABLE = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -113,25 +113,53 @@ class SqliteReads:
         return self._connection
 
 
-class _ReadConnection(asyncpg.Connection):
-    """A pooled connection that only ever runs single read statements, outside any
-    transaction: it leaves no session state behind, so going back to the pool needs no
-    reset query (asyncpg's default runs one, a second round trip for every read)."""
+class StatelessConnection(asyncpg.Connection):
+    """A pooled connection whose users leave no session state behind (no SET, LISTEN or
+    advisory lock; every transaction ends before the connection goes back), so going back
+    to the pool needs no reset query: asyncpg's default runs one, a second round trip for
+    every read or transaction."""
 
     def get_reset_query(self) -> str:
         return ""
 
 
-class PostgresReads:
-    """Prepared statements on a pool of asyncpg connections, made on first use (the server
-    may not be up when the service starts)."""
+class LazyPool:
+    """A pool of up to ``size`` asyncpg connections that leave no state behind, made on
+    first use (the server may not be up when the service starts)."""
 
-    def __init__(self, dsn: str, dialect: Dialect, pool_size: int) -> None:
+    def __init__(self, dsn: str, size: int) -> None:
         self._dsn = dsn
-        self._dialect = dialect
-        self._pool_size = pool_size
+        self._size = size
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._lock = asyncio.Lock()
+
+    async def get(self) -> asyncpg.Pool[asyncpg.Record]:
+        """The pool, made now if it is not yet."""
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=1,
+                        max_size=self._size,
+                        timeout=5,
+                        command_timeout=30,
+                        connection_class=StatelessConnection,
+                    )
+        return self._pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+class PostgresReads:
+    """Prepared statements on a pool of asyncpg connections of their own (``LazyPool``)."""
+
+    def __init__(self, dsn: str, dialect: Dialect, pool_size: int) -> None:
+        self._dialect = dialect
+        self._pool = LazyPool(dsn, pool_size)
 
     @property
     def dialect(self) -> Dialect:
@@ -143,31 +171,15 @@ class PostgresReads:
 
     async def stop(self) -> None:
         """Close the pool."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pool.close()
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[Row]:
         """The rows of ``sql``."""
         try:
-            pool = await self._get_pool()
+            pool = await self._pool.get()
             return [tuple(record) for record in await pool.fetch(sql, *params, timeout=30)]
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             raise StorageUnavailable() from exc
-
-    async def _get_pool(self) -> asyncpg.Pool[asyncpg.Record]:
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    self._pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=1,
-                        max_size=self._pool_size,
-                        timeout=5,
-                        command_timeout=30,
-                        connection_class=_ReadConnection,
-                    )
-        return self._pool
 
 
 def column_converters(
@@ -194,3 +206,12 @@ def converted(columns: list[tuple[str, Convert]], values: Sequence[Any]) -> dict
         name: convert(value) if convert is not None and value is not None else value
         for (name, convert), value in zip(columns, values, strict=True)
     }
+
+
+def bind_converter(column: KeyedColumnElement[Any], dialect: Dialect) -> Callable[[Any], Any]:
+    """The conversion SQLAlchemy applies to a value bound for ``column`` (an enum to its
+    value, a timestamp to SQLite's text)."""
+    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if processor is None:
+        return lambda value: value
+    return processor

@@ -565,29 +565,9 @@ _ADMIT_UNNEST = text(
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
-async def release_tokens(
-    session: AsyncSession, requests: Sequence[tuple[str, TokenStatus]], now: datetime
-) -> list[Release | DomainError]:
-    """Complete or cancel many tokens (each target COMPLETED or CANCELLED) in this
-    transaction, in request order; repeats are harmless.
-
-    Three statements for the whole group: find the tokens' schedules, lock those in id
-    order (the one lock order), lock the tokens. Each request gets its Release, or the
-    DomainError that belongs to it alone (TokenNotFound, FailedPrecondition).
-    """
-    ids = list(dict.fromkeys(token_id for token_id, _ in requests))
-    owners = await session.execute(
-        select(TokenRow.schedule_id).where(TokenRow.token_id.in_(ids)).distinct()
-    )
-    schedules = {s.schedule_id: s for s in await lock_schedules(session, list(owners.scalars()))}
-    locked = (
-        select(TokenRow)
-        .where(TokenRow.token_id.in_(ids))
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    tokens = {t.token_id: t for t in (await session.execute(locked)).scalars()}
-    return apply_releases(requests, tokens, schedules, now)
+# What a group of releases gives each request, and the events a group writes for them.
+ReleaseResults = list[Release | DomainError]
+EventsOf = Callable[[Sequence[Release | DomainError]], list[OutboxEvent]]
 
 
 def apply_releases(
@@ -609,6 +589,16 @@ def apply_releases(
         except DomainError as exc:
             results.append(exc)
     return results
+
+
+def release_changes(
+    results: Sequence[Release | DomainError], schedules: Mapping[int, ScheduleRow]
+) -> tuple[list[AnyToken], list[ScheduleRow]]:
+    """What ``apply_releases`` changed and the caller must write: the tokens that moved (each
+    once), and the schedules whose counts changed."""
+    tokens = {r.token.token_id: r.token for r in results if isinstance(r, Release) and r.changed}
+    touched = {token.schedule_id for token in tokens.values()}
+    return list(tokens.values()), [s for i, s in schedules.items() if i in touched]
 
 
 def _release(token: AnyToken, schedule: ScheduleRow, target: TokenStatus, now: datetime) -> Release:

@@ -1,33 +1,28 @@
 """Releases (CompleteToken, CancelToken) as one plain-SQL transaction on SQLite, run by a
 ``SqliteWriter`` in one hop.
 
-The same steps and rules as ``repository.release_tokens``, which PostgreSQL keeps: read the
-tokens and their schedules' counts, apply the releases in memory
-(``repository.apply_releases``), write the changed tokens and counts, and insert the
-outbox rows. No row locks are needed: ``BEGIN IMMEDIATE`` holds SQLite's one write lock
-until the commit, so nothing else changes these rows meanwhile. Values go in and come out
-with the columns' own conversions (timestamps are text on SQLite), as SQLAlchemy's would.
+Read the tokens and their schedules' counts, apply the releases in memory
+(``repository.apply_releases``, as ``postgres_releases`` does), write the changed tokens
+and counts, and insert the outbox rows. No row locks are needed: ``BEGIN IMMEDIATE`` holds
+SQLite's one write lock until the commit, so nothing else changes these rows meanwhile.
+Values go in and come out with the columns' own conversions (timestamps are text on
+SQLite), as SQLAlchemy's would.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.dialects import sqlite
 
 from waiting_core import repository
 from waiting_core.domain import TokenStatus
-from waiting_core.errors import DomainError
 from waiting_core.models import OutboxEvent, ScheduleRow, TokenRecord, TokenRow
-from waiting_core.raw_reads import column_converters, converted
-from waiting_core.repository import Release
-
-Results = list[Release | DomainError]
-EventsOf = Callable[[Sequence[Release | DomainError]], list[OutboxEvent]]
+from waiting_core.raw_reads import bind_converter, column_converters, converted
+from waiting_core.repository import EventsOf, ReleaseResults
 
 _DIALECT = sqlite.dialect()
 _TOKEN_COLUMNS = list(TokenRow.__table__.columns)
@@ -51,17 +46,8 @@ _INSERT_OUTBOX = (
 _LAST_OUTBOX_ID = "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
 
 
-def _bind(column_name: str) -> Callable[[Any], Any]:
-    """The conversion SQLAlchemy applies to a value bound for ``tokens.column_name``."""
-    column_type = TokenRow.__table__.c[column_name].type
-    processor = column_type.dialect_impl(_DIALECT).bind_processor(_DIALECT)
-    if processor is None:
-        return lambda value: value
-    return processor
-
-
-_STATUS = _bind("status")
-_TIME = _bind("ended_at")
+_STATUS = bind_converter(TokenRow.__table__.c.status, _DIALECT)
+_TIME = bind_converter(TokenRow.__table__.c.ended_at, _DIALECT)
 
 
 def release_tokens(
@@ -69,7 +55,7 @@ def release_tokens(
     requests: Sequence[tuple[str, TokenStatus]],
     now: datetime,
     events_of: EventsOf,
-) -> tuple[Results, list[OutboxEvent]]:
+) -> tuple[ReleaseResults, list[OutboxEvent]]:
     """Apply the releases (token id, target status) in request order; write the changes
     and ``events_of(results)`` to the outbox. The results, and the outbox rows with ids."""
     ids = list(dict.fromkeys(token_id for token_id, _ in requests))
@@ -90,19 +76,12 @@ def release_tokens(
         )
     }
     results = repository.apply_releases(requests, tokens, schedules, now)
-    changed = {r.token.token_id: r.token for r in results if isinstance(r, Release) and r.changed}
+    changed, touched = repository.release_changes(results, schedules)
     connection.executemany(
-        _SET_ENDED,
-        [(_STATUS(t.status), _TIME(t.ended_at), t.token_id) for t in changed.values()],
+        _SET_ENDED, [(_STATUS(t.status), _TIME(t.ended_at), t.token_id) for t in changed]
     )
-    touched = {token.schedule_id for token in changed.values()}
     connection.executemany(
-        _SET_COUNTS,
-        [
-            (s.active_count, s.pending_count, s.schedule_id)
-            for s in schedules.values()
-            if s.schedule_id in touched
-        ],
+        _SET_COUNTS, [(s.active_count, s.pending_count, s.schedule_id) for s in touched]
     )
     events = events_of(results)
     _insert_outbox_rows(connection, events)

@@ -21,21 +21,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from sqlalchemy.engine import make_url
-
 from waiting_core.errors import StorageUnavailable
 from waiting_core.sqlite_connections import BUSY_TIMEOUT, PRAGMAS, begin_immediate
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
-
-
-def sqlite_writer_for(url: str) -> SqliteWriter | None:
-    """A writer for a ``DATABASE_URL`` of a SQLite file; None for any other store."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return SqliteWriter(parsed.database)
 
 
 class SqliteWriter:

@@ -1,0 +1,86 @@
+"""Where token_api writes a group of releases: one plain-SQL transaction, per store.
+
+CompleteToken and CancelToken are applied in groups (``token_api/releasing.py``). Each
+group is one transaction of a few statements straight on the driver: ``sqlite_releases``
+in a writer thread of its own on SQLite, ``postgres_releases`` on an asyncpg pool of its
+own on PostgreSQL. Both apply the same rules (``repository.apply_releases``) and write the
+group's events to the outbox in the same transaction; the caller hands the committed rows
+to the relay.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy.engine import make_url
+
+from waiting_core import postgres_releases, sqlite_releases
+from waiting_core.domain import TokenStatus
+from waiting_core.models import OutboxEvent
+from waiting_core.postgres_writer import PostgresWriter
+from waiting_core.repository import EventsOf, ReleaseResults
+from waiting_core.sqlite_writer import SqliteWriter
+
+
+class ReleaseStore(Protocol):
+    """Applies a group of releases in one transaction. ``start``/``stop`` idempotent."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def apply(
+        self, requests: Sequence[tuple[str, TokenStatus]], now: datetime, events_of: EventsOf
+    ) -> tuple[ReleaseResults, list[OutboxEvent]]:
+        """Each request's Release or DomainError, in order, and the outbox rows written
+        (``events_of(results)``, with their ids), once committed."""
+        ...
+
+
+def release_store_for(url: str) -> ReleaseStore:
+    """The release store of a ``DATABASE_URL``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        dsn = parsed.set(drivername="postgresql").render_as_string(False)
+        return ReleasesOn(PostgresWriter(dsn, pool_size=2), postgres_releases.release_tokens)
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError("an in-memory SQLite database cannot be shared: use a file")
+    return ReleasesOn(SqliteWriter(parsed.database), sqlite_releases.release_tokens)
+
+
+class Writer(Protocol):
+    """Runs one transaction's work on a connection of its own (``SqliteWriter``,
+    ``PostgresWriter``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def run(self, work: Any) -> Any: ...
+
+
+class ReleasesOn:
+    """A group's releases as ``release_tokens(connection, requests, now, events_of)`` of a
+    store's release module, run by that store's writer."""
+
+    def __init__(self, writer: Writer, release_tokens: Callable[..., Any]) -> None:
+        self._writer = writer
+        self._release_tokens = release_tokens
+
+    async def start(self) -> None:
+        await self._writer.start()
+
+    async def stop(self) -> None:
+        await self._writer.stop()
+
+    async def apply(
+        self, requests: Sequence[tuple[str, TokenStatus]], now: datetime, events_of: EventsOf
+    ) -> tuple[ReleaseResults, list[OutboxEvent]]:
+        work = functools.partial(
+            self._release_tokens, requests=requests, now=now, events_of=events_of
+        )
+        result: tuple[ReleaseResults, list[OutboxEvent]] = await self._writer.run(work)
+        return result
