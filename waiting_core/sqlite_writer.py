@@ -63,10 +63,11 @@ class SqliteWriter:
         begin_immediate(connection)
         try:
             result = work(connection)
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            if connection.in_transaction:  # a failed COMMIT leaves it open too
+                connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
         return result
 
     def _connect(self) -> sqlite3.Connection:
