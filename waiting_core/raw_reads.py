@@ -11,6 +11,10 @@ microseconds. Here:
 - on PostgreSQL, the statement is prepared once on a small asyncpg pool of its own.
 
 A failure to reach the store is ``StorageUnavailable``, as on every other path.
+
+The plain-SQL writers (``releases``) share what is here for PostgreSQL's connections
+(``LazyPool``, ``StatelessConnection``) and the columns' own conversions of values going in
+and out (``column_converters``, ``bind_converter``).
 """
 
 from __future__ import annotations
