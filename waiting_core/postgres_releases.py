@@ -69,8 +69,7 @@ async def release_tokens(
     now: datetime,
     events_of: EventsOf,
 ) -> tuple[ReleaseResults, list[OutboxEvent]]:
-    """Apply the releases (token id, target status) in request order; write the changes
-    and ``events_of(results)`` to the outbox. The results, and the outbox rows with ids."""
+    """``sqlite_releases.release_tokens`` on PostgreSQL, with the rows locked."""
     ids = list(dict.fromkeys(token_id for token_id, _ in requests))
     schedules = {
         row[0]: ScheduleRow(schedule_id=row[0], active_count=row[1], pending_count=row[2])
