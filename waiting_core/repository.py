@@ -990,11 +990,16 @@ async def insert_outbox_rows(session: AsyncSession, rows: Sequence[OutboxEvent])
         stmt = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
         return list((await _core(session, stmt, values)).scalars().all())
     # SQLite cannot order RETURNING by parameter, so SQLAlchemy would insert row by row
-    # (70 ms for 1,000). A write transaction holds the one write lock from BEGIN IMMEDIATE,
-    # and AUTOINCREMENT gives each row the last id + 1, so the ids are the last n.
+    # (70 ms for 1,000).
     await _core(session, insert(_OUTBOX), values)
-    last = (await _core(session, _LAST_OUTBOX_ID)).scalar_one()
-    return list(range(last - len(rows) + 1, last + 1))
+    return sqlite_outbox_ids((await _core(session, _LAST_OUTBOX_ID)).scalar_one(), len(rows))
+
+
+def sqlite_outbox_ids(last: int, count: int) -> list[int]:
+    """The ids of the ``count`` outbox rows a SQLite transaction just inserted, given the
+    table's last id: a write transaction holds the one write lock from BEGIN IMMEDIATE, and
+    AUTOINCREMENT gives each row the last id + 1, so they are the last ``count``."""
+    return list(range(last - count + 1, last + 1))
 
 
 _LAST_OUTBOX_ID = text("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")

@@ -89,8 +89,7 @@ def release_tokens(
 
 
 def _insert_outbox_rows(connection: sqlite3.Connection, rows: Sequence[OutboxEvent]) -> None:
-    """Insert the rows and give each its id: the last ids handed out, as in
-    ``repository.insert_outbox_rows`` (the write lock is held; the table is AUTOINCREMENT)."""
+    """Insert the rows and give each its id (``repository.sqlite_outbox_ids``)."""
     if not rows:
         return
     connection.executemany(
@@ -101,5 +100,5 @@ def _insert_outbox_rows(connection: sqlite3.Connection, rows: Sequence[OutboxEve
         ],
     )
     (last,) = connection.execute(_LAST_OUTBOX_ID).fetchone()
-    for offset, row in enumerate(rows):
-        row.id = last - len(rows) + 1 + offset
+    for row, row_id in zip(rows, repository.sqlite_outbox_ids(last, len(rows)), strict=True):
+        row.id = row_id
