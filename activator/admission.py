@@ -123,7 +123,7 @@ class Admitter:
         self, tx: OutboxTransaction, schedule_ids: Sequence[int], newcomers: Sequence[NewToken]
     ) -> list[Settlement]:
         session = tx.session
-        schedules = await repository.lock_schedules(session, schedule_ids)
+        schedules = await repository.lock_schedule_states(session, schedule_ids)
         now = utc_now()  # under the locks, so activation times follow admission order
         placement = await repository.place_new_tokens(
             session,
@@ -157,6 +157,7 @@ class Admitter:
             if schedule.schedule_id in by_draw:
                 schedule.draw_started_at = now
                 schedule.next_due_at = now  # the sweeper renumbers the line right away
+        await repository.store_schedule_states(session, schedules)
         tx.publish(
             [
                 *state_changed_rows(

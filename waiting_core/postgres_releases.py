@@ -49,14 +49,6 @@ _SET_COUNTS = (
     " AS counts(schedule_id, active, pending)"
     " WHERE schedules.schedule_id = counts.schedule_id"
 )
-_NEW_OUTBOX_IDS = (
-    "SELECT nextval(pg_get_serial_sequence('outbox', 'id')) FROM generate_series(1, $1::int)"
-)
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (id, origin, topic, key, event_type, payload, created_at)"
-    " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[],"
-    " $6::bytea[], $7::timestamptz[])"
-)
 
 
 _STATUS = bind_converter(TokenRow.__table__.c.status, _DIALECT)
@@ -105,16 +97,12 @@ async def _insert_outbox_rows(connection: Connection, rows: Sequence[OutboxEvent
     """Insert the rows with ids taken from the table's sequence (never reused)."""
     if not rows:
         return
-    new_ids = [record[0] for record in await connection.fetch(_NEW_OUTBOX_IDS, len(rows))]
+    new_ids = [
+        record[0]
+        for record in await connection.fetch(repository.NEW_OUTBOX_IDS.postgresql, len(rows))
+    ]
     for row, row_id in zip(rows, new_ids, strict=True):
         row.id = row_id
     await connection.execute(
-        _INSERT_OUTBOX,
-        new_ids,
-        [row.origin for row in rows],
-        [row.topic for row in rows],
-        [row.key for row in rows],
-        [row.event_type for row in rows],
-        [row.payload for row in rows],
-        [_TIME(row.created_at) for row in rows],
+        repository.INSERT_OUTBOX.postgresql, new_ids, *repository.outbox_arrays(rows, _TIME)
     )

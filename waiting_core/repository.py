@@ -21,10 +21,8 @@ from typing import Any, Protocol, cast
 from sqlalchemy import (
     ColumnElement,
     Table,
-    and_,
     bindparam,
     delete,
-    insert,
     literal_column,
     or_,
     select,
@@ -36,11 +34,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.expression import Executable, Select
 
 from waiting_core import domain, prequeue
 from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
+from waiting_core.driver_sql import DialectSql, DriverSql, driver_sql
 from waiting_core.errors import DomainError, TokenNotFound
 from waiting_core.models import (
     AnyToken,
@@ -105,12 +103,23 @@ async def lock_schedule(session: AsyncSession, schedule_id: int) -> ScheduleRow:
 
 async def lock_schedules(session: AsyncSession, schedule_ids: Sequence[int]) -> list[ScheduleRow]:
     """Lock the schedules' rows in id order (the one lock order), creating missing ones."""
+    return await _lock_creating_missing(
+        session, schedule_ids, lambda ids: _select_many_for_update(session, ids)
+    )
+
+
+async def _lock_creating_missing(
+    session: AsyncSession,
+    schedule_ids: Sequence[int],
+    lock: Callable[[Sequence[int]], Awaitable[list[ScheduleRow]]],
+) -> list[ScheduleRow]:
+    """``lock`` the schedules' rows, in id order; first create those that are missing."""
     ids = sorted(set(schedule_ids))
-    rows = await _select_many_for_update(session, ids)
+    rows = await lock(ids)
     missing = sorted(set(ids) - {row.schedule_id for row in rows})
     if missing:
         await _insert_default_schedules(session, missing)
-        rows = await _select_many_for_update(session, ids)
+        rows = await lock(ids)
     return rows
 
 
@@ -149,6 +158,74 @@ async def _insert_default_schedules(session: AsyncSession, schedule_ids: Sequenc
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     await session.execute(insert(ScheduleRow).values(rows).on_conflict_do_nothing())
+
+
+_SCHEDULES = cast(Table, ScheduleRow.__table__)
+_SCHEDULE_COLUMNS = list(_SCHEDULES.columns)
+_STATE_COLUMNS = [column for column in _SCHEDULE_COLUMNS if column.key != "schedule_id"]
+_SCHEDULE_LIST = ", ".join(column.name for column in _SCHEDULE_COLUMNS)
+_LOCK_STATES = DialectSql(
+    sqlite=f"SELECT {_SCHEDULE_LIST} FROM schedules"  # noqa: S608 - names from the model
+    " WHERE schedule_id IN (SELECT value FROM json_each(?)) ORDER BY schedule_id",
+    postgresql=f"SELECT {_SCHEDULE_LIST} FROM schedules"  # noqa: S608 - names from the model
+    " WHERE schedule_id = ANY($1::bigint[]) ORDER BY schedule_id FOR UPDATE",
+)
+_STORE_STATES = DialectSql(
+    sqlite="UPDATE schedules SET "  # noqa: S608 - names from the model
+    + ", ".join(f"{column.name} = ?" for column in _STATE_COLUMNS)
+    + " WHERE schedule_id = ?",
+    postgresql="UPDATE schedules SET "  # noqa: S608 - names from the model
+    + ", ".join(f"{column.name} = ${n}" for n, column in enumerate(_STATE_COLUMNS, 1))
+    + f" WHERE schedule_id = ${len(_STATE_COLUMNS) + 1}",
+)
+
+
+async def lock_schedule_states(
+    session: AsyncSession, schedule_ids: Sequence[int]
+) -> list[ScheduleRow]:
+    """Lock the schedules' rows in id order (the one lock order), creating missing ones,
+    and read them on the driver (``driver_sql``) as rows outside the session: the settle
+    changes them in memory and ``store_schedule_states`` writes them back before the
+    commit, in one statement, instead of the ORM's identity map and flush."""
+    driver = await driver_sql(session)
+    return await _lock_creating_missing(
+        session, schedule_ids, lambda ids: _select_states(driver, ids)
+    )
+
+
+async def _select_states(driver: DriverSql, ids: Sequence[int]) -> list[ScheduleRow]:
+    converts = [driver.result(column) for column in _SCHEDULE_COLUMNS]
+    return [
+        ScheduleRow(
+            **{
+                column.key: value if convert is None or value is None else convert(value)
+                for column, convert, value in zip(_SCHEDULE_COLUMNS, converts, row, strict=True)
+            }
+        )
+        for row in await driver.fetch(_LOCK_STATES, driver.values(ids))
+    ]
+
+
+async def store_schedule_states(session: AsyncSession, schedules: Sequence[ScheduleRow]) -> None:
+    """Write the rows ``lock_schedule_states`` gave back, every column but the id (the
+    rows are locked, so the columns nobody changed hold what they held)."""
+    driver = await driver_sql(session)
+    binds = [driver.bind(column) for column in _STATE_COLUMNS]
+    await driver.execute_many(
+        _STORE_STATES,
+        [
+            [
+                *(
+                    None if value is None else bind(value)
+                    for bind, value in zip(
+                        binds, (getattr(s, column.key) for column in _STATE_COLUMNS), strict=True
+                    )
+                ),
+                s.schedule_id,
+            ]
+            for s in schedules
+        ],
+    )
 
 
 def settings_of(row: ScheduleRow | None, schedule_id: int) -> ScheduleSettings:
@@ -241,15 +318,41 @@ _IN_SCHEDULES = TokenRow.schedule_id.in_(bindparam("schedules", expanding=True))
 _IN_USERS = TokenRow.user_id.in_(bindparam("users", expanding=True))
 _USERS_TOKENS = select(TokenRow).where(_IN_SCHEDULES, _IN_USERS)
 # The newcomers' ids already written, and their users' tokens (live ones hold a place): one
-# statement, two index lookups (primary key, ix_tokens_user).
-_WRITTEN_OR_HOLDING = select(
-    TokenRow.token_id, TokenRow.schedule_id, TokenRow.user_id, TokenRow.status
-).where(
-    or_(
-        TokenRow.token_id.in_(bindparam("token_ids", expanding=True)),
-        and_(_IN_SCHEDULES, _IN_USERS),
-    )
+# statement, two index lookups (primary key, ix_tokens_user). On the driver (``driver_sql``).
+_WRITTEN_OR_HOLDING = DialectSql(
+    sqlite="SELECT token_id, schedule_id, user_id, status FROM tokens"
+    " WHERE token_id IN (SELECT value FROM json_each(?))"
+    " OR (schedule_id IN (SELECT value FROM json_each(?))"
+    " AND user_id IN (SELECT value FROM json_each(?)))",
+    postgresql="SELECT token_id, schedule_id, user_id, status FROM tokens"
+    " WHERE token_id = ANY($1::varchar[])"
+    " OR (schedule_id = ANY($2::bigint[]) AND user_id = ANY($3::varchar[]))",
 )
+_INSERT_PLACED = DialectSql(
+    sqlite="INSERT INTO tokens (token_id, user_id, schedule_id, seq, status, issued_at,"
+    " last_seen_at, draw_key, activated_at, expires_at, admission_pass)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    postgresql="INSERT INTO tokens (token_id, user_id, schedule_id, seq, status, issued_at,"
+    " last_seen_at, draw_key, activated_at, expires_at, admission_pass)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+)
+_PLACED_COLUMNS = [  # the insert's columns, in its order
+    TOKENS.c[name]
+    for name in (
+        "token_id",
+        "user_id",
+        "schedule_id",
+        "seq",
+        "status",
+        "issued_at",
+        "last_seen_at",
+        "draw_key",
+        "activated_at",
+        "expires_at",
+        "admission_pass",
+    )
+]
+_LIVE_VALUES = frozenset(status.value for status in TokenStatus if status.is_live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,16 +390,19 @@ async def place_new_tokens(
     placement = Placement([], [])
     if not newcomers:
         return placement
-    params = {
-        **_pair_params((t.schedule_id, t.user_id) for t in newcomers),
-        "token_ids": [t.token_id for t in newcomers],
-    }
+    driver = await driver_sql(session)
+    pairs = _pair_params((t.schedule_id, t.user_id) for t in newcomers)
     written: set[str] = set()
     holding: set[tuple[int, str]] = set()
-    for found in await _core(session, _WRITTEN_OR_HOLDING, params):
-        written.add(found.token_id)
-        if found.status.is_live:
-            holding.add((found.schedule_id, found.user_id))
+    for token_id, schedule_id, user_id, status in await driver.fetch(
+        _WRITTEN_OR_HOLDING,
+        driver.values([t.token_id for t in newcomers]),
+        driver.values(pairs["schedules"]),
+        driver.values(pairs["users"]),
+    ):
+        written.add(token_id)
+        if status in _LIVE_VALUES:
+            holding.add((schedule_id, user_id))
     by_id = {schedule.schedule_id: schedule for schedule in schedules}
     rows: list[dict[str, Any]] = []
     arrived: Counter[int] = Counter()
@@ -328,11 +434,36 @@ async def place_new_tokens(
             arrived[schedule.schedule_id] += 1
         placement.placed.append(token)
         rows.append(row)
-    if rows:
-        await _core(session, insert(TOKENS), rows)
+    await driver.execute_many(_INSERT_PLACED, _placed_values(driver, rows))
     if placement.admitted and on_arrival is not None:
         await _keep_key_published(session, on_arrival.signer, placement.admitted)
     return placement
+
+
+def _placed_values(driver: DriverSql, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """The placed tokens' rows as the insert's parameters, converted as their columns say.
+    The rows share most of their timestamps (issued and seen at once, admitted together),
+    so each distinct value is converted once."""
+    binds = [_once_each(driver.bind(column)) for column in _PLACED_COLUMNS]
+    return [
+        [
+            None if row[column.key] is None else bind(row[column.key])
+            for column, bind in zip(_PLACED_COLUMNS, binds, strict=True)
+        ]
+        for row in rows
+    ]
+
+
+def _once_each(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert``, remembering what it gave for each distinct value."""
+    done: dict[Any, Any] = {}
+
+    def converted(value: Any) -> Any:
+        if value not in done:
+            done[value] = convert(value)
+        return done[value]
+
+    return converted
 
 
 def _admits_on_arrival(
@@ -726,39 +857,47 @@ async def earliest_deadlines(
         for s in schedules
         if domain.abandons(s.pending_ttl_seconds) and s.pending_count > 0
     ]
-    expiries = await _earliest(session, TokenRow.expires_at, _ACTIVE, with_active)
-    seen = await _earliest(session, TokenRow.last_seen_at, _PENDING, abandoning)
+    driver = await driver_sql(session)
+    expiries = await _earliest(driver, _EARLIEST_EXPIRY, with_active)
+    seen = await _earliest(driver, _EARLIEST_SEEN, abandoning)
     return {
         s.schedule_id: Deadlines(expiries.get(s.schedule_id), seen.get(s.schedule_id))
         for s in schedules
     }
 
 
+# Each listed schedule's earliest moment among its tokens in one status: a correlated
+# subquery per schedule, each the first entry of an index range (MIN with GROUP BY would
+# read every entry, and a schedule may hold a million ACTIVE tokens).
+_EARLIEST_EXPIRY = DialectSql(  # ix_tokens_active_expiry
+    sqlite="SELECT ids.id, (SELECT expires_at FROM tokens WHERE schedule_id = ids.id"
+    " AND status = 'ACTIVE' ORDER BY expires_at LIMIT 1)"
+    " FROM (SELECT value AS id FROM json_each(?)) AS ids",
+    postgresql="SELECT ids.id, (SELECT expires_at FROM tokens WHERE schedule_id = ids.id"
+    " AND status = 'ACTIVE' ORDER BY expires_at LIMIT 1)"
+    " FROM unnest($1::bigint[]) AS ids(id)",
+)
+_EARLIEST_SEEN = DialectSql(  # ix_tokens_pending_seen
+    sqlite="SELECT ids.id, (SELECT last_seen_at FROM tokens WHERE schedule_id = ids.id"
+    " AND status = 'PENDING' ORDER BY last_seen_at LIMIT 1)"
+    " FROM (SELECT value AS id FROM json_each(?)) AS ids",
+    postgresql="SELECT ids.id, (SELECT last_seen_at FROM tokens WHERE schedule_id = ids.id"
+    " AND status = 'PENDING' ORDER BY last_seen_at LIMIT 1)"
+    " FROM unnest($1::bigint[]) AS ids(id)",
+)
+
+
 async def _earliest(
-    session: AsyncSession,
-    column: InstrumentedAttribute[datetime] | InstrumentedAttribute[datetime | None],
-    status: ColumnElement[str],
-    schedule_ids: Sequence[int],
+    driver: DriverSql, statement: DialectSql, schedule_ids: Sequence[int]
 ) -> dict[int, datetime]:
-    """The earliest ``column`` of each schedule's tokens in ``status``: one row with a scalar
-    subquery per schedule, each the first entry of an index range (MIN with GROUP BY would
-    read every entry, and a schedule may hold a million ACTIVE tokens).
-    """
+    """The moments ``statement`` reads for the schedules (absent: no such token)."""
     if not schedule_ids:
         return {}
-    earliest = [
-        select(column)
-        .where(TokenRow.schedule_id == schedule_id, TokenRow.status == status)
-        .order_by(column)
-        .limit(1)
-        .scalar_subquery()
-        for schedule_id in schedule_ids
-    ]
-    row = (await _core(session, select(*earliest))).one()  # UTCDateTime: aware datetimes
+    moment = driver.result(TOKENS.c.expires_at)  # UTCDateTime: an aware datetime
     return {
-        schedule_id: moment
-        for schedule_id, moment in zip(schedule_ids, row, strict=True)
-        if moment is not None
+        schedule_id: value if moment is None else moment(value)
+        for schedule_id, value in await driver.fetch(statement, driver.values(schedule_ids))
+        if value is not None
     }
 
 
@@ -972,27 +1111,41 @@ async def renumber_line(session: AsyncSession, schedule: ScheduleRow, now: datet
 
 
 async def insert_outbox_rows(session: AsyncSession, rows: Sequence[OutboxEvent]) -> list[int]:
-    """Insert outbox rows in one executemany; their new ids, in the rows' order."""
+    """Insert outbox rows on the driver (``driver_sql``), in one batch; their new ids, in
+    the rows' order."""
     if not rows:
         return []
-    values = [
-        {
-            "origin": row.origin,
-            "topic": row.topic,
-            "key": row.key,
-            "event_type": row.event_type,
-            "payload": row.payload,
-            "created_at": row.created_at,
-        }
+    driver = await driver_sql(session)
+    created_at = driver.bind(_OUTBOX.c.created_at)
+    if driver.is_sqlite:
+        await driver.execute_many(INSERT_OUTBOX, outbox_values(rows, created_at))
+        ((last,),) = await driver.fetch(LAST_OUTBOX_ID)
+        return sqlite_outbox_ids(last, len(rows))
+    ids = [row_id for (row_id,) in await driver.fetch(NEW_OUTBOX_IDS, len(rows))]
+    await driver.fetch(INSERT_OUTBOX, ids, *outbox_arrays(rows, created_at))
+    return ids
+
+
+def outbox_values(
+    rows: Sequence[OutboxEvent], created_at: Callable[[Any], Any]
+) -> list[tuple[Any, ...]]:
+    """The SQLite insert's parameters: one tuple per row (``created_at`` converts the time)."""
+    return [
+        (row.origin, row.topic, row.key, row.event_type, row.payload, created_at(row.created_at))
         for row in rows
     ]
-    if session.get_bind().dialect.name != "sqlite":
-        stmt = insert(_OUTBOX).returning(_OUTBOX.c.id, sort_by_parameter_order=True)
-        return list((await _core(session, stmt, values)).scalars().all())
-    # SQLite cannot order RETURNING by parameter, so SQLAlchemy would insert row by row
-    # (70 ms for 1,000).
-    await _core(session, insert(_OUTBOX), values)
-    return sqlite_outbox_ids((await _core(session, _LAST_OUTBOX_ID)).scalar_one(), len(rows))
+
+
+def outbox_arrays(rows: Sequence[OutboxEvent], created_at: Callable[[Any], Any]) -> list[list[Any]]:
+    """The PostgreSQL insert's parameters after the ids: one array per column."""
+    return [
+        [row.origin for row in rows],
+        [row.topic for row in rows],
+        [row.key for row in rows],
+        [row.event_type for row in rows],
+        [row.payload for row in rows],
+        [created_at(row.created_at) for row in rows],
+    ]
 
 
 def sqlite_outbox_ids(last: int, count: int) -> list[int]:
@@ -1002,4 +1155,22 @@ def sqlite_outbox_ids(last: int, count: int) -> list[int]:
     return list(range(last - count + 1, last + 1))
 
 
-_LAST_OUTBOX_ID = text("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+# The outbox insert, for every writer (the session's driver here, the release writers):
+# on SQLite, an executemany whose ids are the last ones (``sqlite_outbox_ids``); on
+# PostgreSQL, ids drawn from the table's sequence first, so each row's id is known without
+# relying on the order of RETURNING, then one insert of arrays.
+INSERT_OUTBOX = DialectSql(
+    sqlite='INSERT INTO outbox (origin, topic, "key", event_type, payload, created_at)'
+    " VALUES (?, ?, ?, ?, ?, ?)",
+    postgresql="INSERT INTO outbox (id, origin, topic, key, event_type, payload, created_at)"
+    " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[],"
+    " $6::bytea[], $7::timestamptz[])",
+)
+LAST_OUTBOX_ID = DialectSql(
+    sqlite="SELECT seq FROM sqlite_sequence WHERE name = 'outbox'", postgresql=""
+)
+NEW_OUTBOX_IDS = DialectSql(
+    sqlite="",
+    postgresql="SELECT nextval(pg_get_serial_sequence('outbox', 'id'))"
+    " FROM generate_series(1, $1::int)",
+)

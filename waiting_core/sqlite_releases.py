@@ -39,11 +39,6 @@ _SELECT_COUNTS = (
 )
 _SET_ENDED = "UPDATE tokens SET status = ?, ended_at = ? WHERE token_id = ?"
 _SET_COUNTS = "UPDATE schedules SET active_count = ?, pending_count = ? WHERE schedule_id = ?"
-_INSERT_OUTBOX = (
-    'INSERT INTO outbox (origin, topic, "key", event_type, payload, created_at)'
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
-_LAST_OUTBOX_ID = "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
 
 
 _STATUS = bind_converter(TokenRow.__table__.c.status, _DIALECT)
@@ -92,13 +87,7 @@ def _insert_outbox_rows(connection: sqlite3.Connection, rows: Sequence[OutboxEve
     """Insert the rows and give each its id (``repository.sqlite_outbox_ids``)."""
     if not rows:
         return
-    connection.executemany(
-        _INSERT_OUTBOX,
-        [
-            (row.origin, row.topic, row.key, row.event_type, row.payload, _TIME(row.created_at))
-            for row in rows
-        ],
-    )
-    (last,) = connection.execute(_LAST_OUTBOX_ID).fetchone()
+    connection.executemany(repository.INSERT_OUTBOX.sqlite, repository.outbox_values(rows, _TIME))
+    (last,) = connection.execute(repository.LAST_OUTBOX_ID.sqlite).fetchone()
     for row, row_id in zip(rows, repository.sqlite_outbox_ids(last, len(rows)), strict=True):
         row.id = row_id
