@@ -85,15 +85,17 @@ class DriverSql:
         except (sqlite3.OperationalError, *UNREACHABLE) as exc:
             raise StorageUnavailable() from exc
 
-    async def execute_many(self, sql: DialectSql, rows: Sequence[Sequence[Any]]) -> None:
-        """Run a statement once per row of parameters (pipelined on PostgreSQL)."""
+    async def execute_many(self, sql: DialectSql, rows: Sequence[Sequence[Any]]) -> int | None:
+        """Run a statement once per row of parameters (pipelined on PostgreSQL); on SQLite,
+        how many rows it changed in all."""
         if not rows:
-            return
+            return 0
         try:
             if self._sqlite:
-                await self._driver.executemany(sql.sqlite, rows)
-            else:
-                await self._driver.executemany(sql.postgresql, rows)
+                cursor = await self._driver.executemany(sql.sqlite, rows)
+                return cast(int, cursor.rowcount)
+            await self._driver.executemany(sql.postgresql, rows)
+            return None
         except (sqlite3.OperationalError, *UNREACHABLE) as exc:
             raise StorageUnavailable() from exc
 

@@ -27,14 +27,13 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import CursorResult, Result
+from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.expression import Executable, Select
+from sqlalchemy.sql.expression import Executable
 
 from waiting_core import domain, prequeue
 from waiting_core.domain import NewToken, ScheduleSettings, ScheduleUpdate, TokenStatus
@@ -49,7 +48,6 @@ from waiting_core.models import (
     SigningKeyRow,
     TokenRecord,
     TokenRow,
-    UTCDateTime,
     departed_predicate,
     live_predicate,
 )
@@ -59,6 +57,7 @@ _PENDING: ColumnElement[str] = literal_column("'PENDING'")
 _ACTIVE: ColumnElement[str] = literal_column("'ACTIVE'")
 TOKENS = cast(Table, TokenRow.__table__)  # for Core statements on the hot paths
 _OUTBOX = cast(Table, OutboxRow.__table__)
+_SIGNING_KEYS = cast(Table, SigningKeyRow.__table__)
 
 
 async def _core(session: AsyncSession, stmt: Executable, params: Any = None) -> Result[Any]:
@@ -436,7 +435,7 @@ async def place_new_tokens(
         rows.append(row)
     await driver.execute_many(_INSERT_PLACED, _placed_values(driver, rows))
     if placement.admitted and on_arrival is not None:
-        await _keep_key_published(session, on_arrival.signer, placement.admitted)
+        await _keep_key_published(driver, on_arrival.signer, placement.admitted)
     return placement
 
 
@@ -563,7 +562,8 @@ async def admit_oldest(
     wanted = {schedule: limit for schedule, limit in limits.items() if limit > 0}
     if not wanted:
         return []
-    picked = await _oldest_pending(session, wanted, by_draw)
+    driver = await driver_sql(session)
+    picked = await _oldest_pending(driver, wanted, by_draw)
     if not picked:
         return []
     by_id = {schedule.schedule_id: schedule for schedule in wanted}
@@ -572,26 +572,31 @@ async def admit_oldest(
     minter = await signer()
     for token in picked:
         token.admission_pass = minter.mint(token)
-    await _store_admissions(session, picked, now)
+    await _store_admissions(driver, picked, now)
     for token in picked:
         _count_admitted(
             by_id[token.schedule_id], token, moves_head=token.schedule_id not in by_draw
         )
-    await _keep_key_published(session, minter, picked)
+    await _keep_key_published(driver, minter, picked)
     return picked
 
 
 async def _oldest_pending(
-    session: AsyncSession, wanted: Mapping[ScheduleRow, int], by_draw: frozenset[int]
+    driver: DriverSql, wanted: Mapping[ScheduleRow, int], by_draw: frozenset[int]
 ) -> list[TokenRecord]:
     """The tokens ``admit_oldest`` admits, in seq order (the cohort's by draw key first)."""
-    picks = [
-        _oldest_by_draw_key(schedule.schedule_id, limit)
-        if schedule.schedule_id in by_draw
-        else _oldest_by_seq(schedule.schedule_id, limit)
-        for schedule, limit in wanted.items()
+    picked = [
+        *await _oldest(
+            driver,
+            _OLDEST_BY_DRAW_KEY,
+            {s.schedule_id: n for s, n in wanted.items() if s.schedule_id in by_draw},
+        ),
+        *await _oldest(
+            driver,
+            _OLDEST_BY_SEQ,
+            {s.schedule_id: n for s, n in wanted.items() if s.schedule_id not in by_draw},
+        ),
     ]
-    picked = [TokenRecord(**row._mapping) for row in await _core(session, _union(picks))]
     # A cohort smaller than the free slots: the others follow, in issue order.
     picked_of = Counter(token.schedule_id for token in picked)
     short = {
@@ -602,10 +607,9 @@ async def _oldest_pending(
     if short:
         # The cohort is still PENDING in the table, so read past it and skip it here.
         chosen = {token.token_id for token in picked}
-        rest = [_oldest_by_seq(i, n + picked_of[i]) for i, n in short.items()]
+        rest = {i: n + picked_of[i] for i, n in short.items()}
         followers: Counter[int] = Counter()
-        for row in await _core(session, _union(rest)):
-            token = TokenRecord(**row._mapping)
+        for token in await _oldest(driver, _OLDEST_BY_SEQ, rest):
             if (
                 token.token_id not in chosen
                 and followers[token.schedule_id] < short[token.schedule_id]
@@ -615,34 +619,49 @@ async def _oldest_pending(
     return sorted(picked, key=lambda t: t.seq)
 
 
-def _oldest_by_seq(schedule_id: int, limit: int) -> Select[Any]:
-    return (
-        select(*TOKENS.c)
-        .where(TOKENS.c.schedule_id == schedule_id, TOKENS.c.status == _PENDING)
-        .order_by(TOKENS.c.seq)  # ix_tokens_pending
-        .limit(limit)
+_TOKEN_COLUMNS = list(TOKENS.columns)
+_TOKEN_LIST = ", ".join(column.name for column in _TOKEN_COLUMNS)
+
+
+def _oldest_of(where: str, order: str) -> DialectSql:
+    """The first PENDING tokens of a schedule's index range: on SQLite, of one schedule
+    (schedule id, limit); on PostgreSQL, of each listed one (ids, limits), in one statement."""
+    pick = (
+        f"SELECT {_TOKEN_LIST} FROM tokens"  # noqa: S608 - names from the model
+        f" WHERE schedule_id = {{id}} AND status = 'PENDING'{where} ORDER BY {order} LIMIT {{n}}"
+    )
+    each = pick.format(id="wanted.id", n="wanted.n")
+    return DialectSql(
+        sqlite=pick.format(id="?", n="?"),
+        postgresql="SELECT picked.* FROM unnest($1::bigint[], $2::int[]) AS wanted(id, n)"  # noqa: S608
+        f" CROSS JOIN LATERAL ({each}) AS picked",
     )
 
 
-def _oldest_by_draw_key(schedule_id: int, limit: int) -> Select[Any]:
-    return (
-        select(*TOKENS.c)
-        .where(
-            TOKENS.c.schedule_id == schedule_id,
-            TOKENS.c.status == _PENDING,
-            TOKENS.c.draw_key.is_not(None),
+_OLDEST_BY_SEQ = _oldest_of("", "seq")  # ix_tokens_pending
+_OLDEST_BY_DRAW_KEY = _oldest_of(" AND draw_key IS NOT NULL", "draw_key")  # ix_tokens_draw
+
+
+async def _oldest(
+    driver: DriverSql, statement: DialectSql, limits: Mapping[int, int]
+) -> list[TokenRecord]:
+    """The tokens ``statement`` picks, up to each schedule's limit."""
+    if not limits:
+        return []
+    if driver.is_sqlite:  # in process: a statement per schedule costs no round trip
+        rows = [row for i, n in limits.items() for row in await driver.fetch(statement, i, n)]
+    else:
+        rows = await driver.fetch(statement, list(limits), list(limits.values()))
+    converts = [driver.result(column) for column in _TOKEN_COLUMNS]
+    return [
+        TokenRecord(
+            **{
+                column.key: value if convert is None or value is None else convert(value)
+                for column, convert, value in zip(_TOKEN_COLUMNS, converts, row, strict=True)
+            }
         )
-        .order_by(TOKENS.c.draw_key)  # the cohort first (ix_tokens_draw)
-        .limit(limit)
-    )
-
-
-def _union(picks: Sequence[Select[Any]]) -> Executable:
-    """One statement for every schedule's pick (each keeps its own order and limit)."""
-    if len(picks) == 1:
-        return picks[0]
-    subqueries = [pick.subquery() for pick in picks]
-    return union_all(*(select(*subquery.c) for subquery in subqueries))
+        for row in rows
+    ]
 
 
 def _activate(token: TokenRecord, schedule: ScheduleRow, now: datetime) -> None:
@@ -653,47 +672,40 @@ def _activate(token: TokenRecord, schedule: ScheduleRow, now: datetime) -> None:
 
 
 async def _store_admissions(
-    session: AsyncSession, tokens: Sequence[TokenRecord], now: datetime
+    driver: DriverSql, tokens: Sequence[TokenRecord], now: datetime
 ) -> None:
     """Write the admitted tokens, passes included, in one statement (PostgreSQL) or one
     executemany (SQLite, in process). Each must still be PENDING: the schedule locks make
     that certain, and if it ever were not, the settle fails and is rolled back whole."""
-    if session.get_bind().dialect.name == "postgresql":
-        params = {
-            "now": now,
-            "token_ids": [t.token_id for t in tokens],
-            "expires": [t.expires_at for t in tokens],
-            "passes": [t.admission_pass for t in tokens],
-        }
-        stored = len((await _core(session, _ADMIT_UNNEST, params)).all())
+    moment = driver.bind(TOKENS.c.activated_at)
+    if driver.is_sqlite:
+        stored = await driver.execute_many(
+            _ADMIT,
+            [(moment(now), moment(t.expires_at), t.admission_pass, t.token_id) for t in tokens],
+        )
     else:
-        rows = [
-            {"b_token_id": t.token_id, "b_expires": t.expires_at, "b_pass": t.admission_pass}
-            for t in tokens
-        ]
-        result = await _core(session, _ADMIT.values(activated_at=now), rows)
-        stored = cast(CursorResult[Any], result).rowcount
+        admitted = await driver.fetch(
+            _ADMIT,
+            moment(now),
+            [t.token_id for t in tokens],
+            [moment(t.expires_at) for t in tokens],
+            [t.admission_pass for t in tokens],
+        )
+        stored = len(admitted)
     if stored != len(tokens):
         raise RuntimeError(f"admitted {stored} of {len(tokens)} tokens: the line changed")
 
 
-_ADMIT = (
-    update(TOKENS)
-    .where(TOKENS.c.token_id == bindparam("b_token_id"), TOKENS.c.status == _PENDING)
-    .values(
-        status=TokenStatus.ACTIVE,
-        expires_at=bindparam("b_expires", type_=UTCDateTime()),
-        admission_pass=bindparam("b_pass"),
-    )
-)
-_ADMIT_UNNEST = text(
-    "UPDATE tokens SET status = 'ACTIVE', activated_at = :now,"
+_ADMIT = DialectSql(
+    sqlite="UPDATE tokens SET status = 'ACTIVE', activated_at = ?, expires_at = ?,"
+    " admission_pass = ? WHERE token_id = ? AND status = 'PENDING'",
+    postgresql="UPDATE tokens SET status = 'ACTIVE', activated_at = $1,"
     " expires_at = admitted.expires_at, admission_pass = admitted.pass"
-    " FROM unnest(CAST(:token_ids AS text[]), CAST(:expires AS timestamptz[]),"
-    " CAST(:passes AS text[])) AS admitted(token_id, expires_at, pass)"
+    " FROM unnest($2::text[], $3::timestamptz[], $4::text[])"
+    " AS admitted(token_id, expires_at, pass)"
     " WHERE tokens.token_id = admitted.token_id AND tokens.status = 'PENDING'"
-    " RETURNING tokens.token_id"
-).bindparams(bindparam("now", type_=UTCDateTime()))
+    " RETURNING tokens.token_id",
+)
 
 
 # What a group of releases gives each request, and the events a group writes for them.
@@ -1027,23 +1039,19 @@ class PassSigner(Protocol):
 
 
 async def _keep_key_published(
-    session: AsyncSession, signer: PassSigner, tokens: Sequence[AnyToken]
+    driver: DriverSql, signer: PassSigner, tokens: Sequence[AnyToken]
 ) -> None:
     """Keep the signing key published until the last of the tokens' passes expires."""
     last_exp = max(token.expires_at for token in tokens if token.expires_at is not None)
-    await _core(session, _KEEP_KEY_PUBLISHED, {"b_kid": signer.kid, "last_exp": last_exp})
+    moment = driver.bind(_SIGNING_KEYS.c.passes_until)
+    await driver.fetch(_KEEP_KEY_PUBLISHED, moment(last_exp), signer.kid, moment(last_exp))
 
 
-_KEEP_KEY_PUBLISHED = (
-    update(SigningKeyRow)
-    .where(
-        SigningKeyRow.kid == bindparam("b_kid"),
-        or_(
-            SigningKeyRow.passes_until.is_(None),
-            SigningKeyRow.passes_until < bindparam("last_exp", type_=UTCDateTime()),
-        ),
-    )
-    .values(passes_until=bindparam("last_exp", type_=UTCDateTime()))
+_KEEP_KEY_PUBLISHED = DialectSql(
+    sqlite="UPDATE signing_keys SET passes_until = ? WHERE kid = ?"
+    " AND (passes_until IS NULL OR passes_until < ?)",
+    postgresql="UPDATE signing_keys SET passes_until = $1 WHERE kid = $2"
+    " AND (passes_until IS NULL OR passes_until < $3)",
 )
 
 
