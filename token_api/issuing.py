@@ -11,10 +11,10 @@ One task takes every request that is waiting and, for the whole group:
 4. answers those callers once the broker has acknowledged (``acks=all``).
 
 The activator that owns the partition then places the tokens in line in log order, drops
-duplicates and admits. Groups are pipelined: while one waits for its acknowledgement, the
-next is read and sent, up to MAX_IN_FLIGHT groups. A call that gets no acknowledgement
-within its timeout fails with UNAVAILABLE; its event may still arrive, and a retry derives
-the same id, so nothing is doubled.
+duplicates and admits. One group is in flight at a time (MAX_IN_FLIGHT): while it waits
+for its acknowledgement, the calls that arrive gather into the next. A call that gets no
+acknowledgement within its timeout fails with UNAVAILABLE; its event may still arrive, and
+a retry derives the same id, so nothing is doubled.
 """
 
 from __future__ import annotations
@@ -43,7 +43,12 @@ from waiting_core.worker import BackgroundWorker
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-MAX_IN_FLIGHT = 4
+# Groups sent and not yet acknowledged. One: the producer keeps one request in flight per
+# broker anyway, so a second group sent early only waited in its queue as a batch of its
+# own, costing a request of its own (here and at the broker). Held back instead, the
+# calls that arrive meanwhile join one bigger group: at c=32, 0.27-0.29 of echo's rate
+# with four groups in flight, 0.37-0.41 with one, and less CPU per call in every process.
+MAX_IN_FLIGHT = 1
 
 Pair = tuple[int, str]  # (schedule_id, user_id)
 
