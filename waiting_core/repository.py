@@ -52,6 +52,7 @@ from waiting_core.models import (
     live_predicate,
 )
 from waiting_core.prequeue import PrequeueOrder
+from waiting_core.raw_reads import converted
 
 _PENDING: ColumnElement[str] = literal_column("'PENDING'")
 _ACTIVE: ColumnElement[str] = literal_column("'ACTIVE'")
@@ -193,14 +194,9 @@ async def lock_schedule_states(
 
 
 async def _select_states(driver: DriverSql, ids: Sequence[int]) -> list[ScheduleRow]:
-    converts = [driver.result(column) for column in _SCHEDULE_COLUMNS]
+    columns = [(column.key, driver.result(column)) for column in _SCHEDULE_COLUMNS]
     return [
-        ScheduleRow(
-            **{
-                column.key: value if convert is None or value is None else convert(value)
-                for column, convert, value in zip(_SCHEDULE_COLUMNS, converts, row, strict=True)
-            }
-        )
+        ScheduleRow(**converted(columns, row))
         for row in await driver.fetch(_LOCK_STATES, driver.values(ids))
     ]
 
@@ -652,16 +648,8 @@ async def _oldest(
         rows = [row for i, n in limits.items() for row in await driver.fetch(statement, i, n)]
     else:
         rows = await driver.fetch(statement, list(limits), list(limits.values()))
-    converts = [driver.result(column) for column in _TOKEN_COLUMNS]
-    return [
-        TokenRecord(
-            **{
-                column.key: value if convert is None or value is None else convert(value)
-                for column, convert, value in zip(_TOKEN_COLUMNS, converts, row, strict=True)
-            }
-        )
-        for row in rows
-    ]
+    columns = [(column.key, driver.result(column)) for column in _TOKEN_COLUMNS]
+    return [TokenRecord(**converted(columns, row)) for row in rows]
 
 
 def _activate(token: TokenRecord, schedule: ScheduleRow, now: datetime) -> None:
