@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import (
 
 from waiting_core.errors import StorageUnavailable
 from waiting_core.migrate import SchemaOutOfDate, check_revision
+from waiting_core.raw_reads import POSTGRES_SESSION_SETTINGS
 from waiting_core.sqlite_connections import (
     BUSY_TIMEOUT,
     PRAGMAS,
@@ -158,7 +159,11 @@ def _create_engine(url: str, pool_size: int, echo: bool, sqlite_in_loop: bool) -
         pool_pre_ping=False,
         pool_recycle=1800,
         pool_timeout=10,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 30,
+            "server_settings": POSTGRES_SESSION_SETTINGS,
+        },
     )
 
 

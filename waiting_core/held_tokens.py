@@ -38,9 +38,14 @@ class HeldTokens:
         "WHERE schedule_id IN (SELECT value FROM json_each(?)) "
         "AND user_id IN (SELECT value FROM json_each(?))"
     )
+    # PostgreSQL: one index probe per pair, on both columns of ix_tokens_user. With both
+    # columns as ``= ANY`` lists, PostgreSQL 15 looks up the user list in the index only when
+    # it expects the schedule to hold many rows; for a schedule it has no statistics of yet
+    # (a new sale) it scans all of the schedule's tokens instead.
     _POSTGRES = (
-        "SELECT schedule_id, user_id, status FROM tokens "
-        "WHERE schedule_id = ANY($1::bigint[]) AND user_id = ANY($2::varchar[])"
+        "SELECT k.schedule_id, k.user_id, t.status "
+        "FROM unnest($1::bigint[], $2::varchar[]) AS k(schedule_id, user_id) "
+        "JOIN tokens t ON t.schedule_id = k.schedule_id AND t.user_id = k.user_id"
     )
 
     def __init__(self, reads: RawReads) -> None:
@@ -49,20 +54,22 @@ class HeldTokens:
 
     async def held(self, pairs: Sequence[Pair]) -> dict[Pair, Held]:
         """What each pair holds."""
+        pairs = list(dict.fromkeys(pairs))  # a pair asked twice is probed (and counted) once
         if not pairs:
             return {}
-        schedules = sorted({s for s, _ in pairs})
-        users = sorted({u for _, u in pairs})
         if self._sqlite:
+            schedules = sorted({s for s, _ in pairs})
+            users = sorted({u for _, u in pairs})
             params: tuple[object, ...] = (json.dumps(schedules), json.dumps(users))
             rows = await self._reads.fetch(self._SQLITE, params)
         else:
-            rows = await self._reads.fetch(self._POSTGRES, (schedules, users))
+            params = ([s for s, _ in pairs], [u for _, u in pairs])
+            rows = await self._reads.fetch(self._POSTGRES, params)
         return _tally(pairs, rows)
 
 
 def _tally(pairs: Sequence[Pair], rows: Iterable[Row]) -> dict[Pair, Held]:
-    """Count each asked pair's rows (the IN lists also match the cross pairs: dropped)."""
+    """Count each asked pair's rows (SQLite's IN lists also match the cross pairs: dropped)."""
     counts = dict.fromkeys(pairs, 0)
     live: set[Pair] = set()
     for schedule_id, user_id, status in rows:

@@ -319,9 +319,13 @@ _WRITTEN_OR_HOLDING = DialectSql(
     " WHERE token_id IN (SELECT value FROM json_each(?))"
     " OR (schedule_id IN (SELECT value FROM json_each(?))"
     " AND user_id IN (SELECT value FROM json_each(?)))",
+    # One index probe per pair on PostgreSQL (see ``held_tokens``: with two ``= ANY`` lists
+    # it may scan the whole schedule), and no OR, which it can only answer with a bitmap.
     postgresql="SELECT token_id, schedule_id, user_id, status FROM tokens"
     " WHERE token_id = ANY($1::varchar[])"
-    " OR (schedule_id = ANY($2::bigint[]) AND user_id = ANY($3::varchar[]))",
+    " UNION ALL SELECT t.token_id, t.schedule_id, t.user_id, t.status"
+    " FROM unnest($2::bigint[], $3::varchar[]) AS k(schedule_id, user_id)"
+    " JOIN tokens t ON t.schedule_id = k.schedule_id AND t.user_id = k.user_id",
 )
 _INSERT_PLACED = DialectSql(
     sqlite="INSERT INTO tokens (token_id, user_id, schedule_id, seq, status, issued_at,"
@@ -386,14 +390,14 @@ async def place_new_tokens(
     if not newcomers:
         return placement
     driver = await driver_sql(session)
-    pairs = _pair_params((t.schedule_id, t.user_id) for t in newcomers)
+    pairs = list(dict.fromkeys((t.schedule_id, t.user_id) for t in newcomers))
     written: set[str] = set()
     holding: set[tuple[int, str]] = set()
     for token_id, schedule_id, user_id, status in await driver.fetch(
         _WRITTEN_OR_HOLDING,
         driver.values([t.token_id for t in newcomers]),
-        driver.values(pairs["schedules"]),
-        driver.values(pairs["users"]),
+        driver.values([schedule_id for schedule_id, _ in pairs]),
+        driver.values([user_id for _, user_id in pairs]),
     ):
         written.add(token_id)
         if status in _LIVE_VALUES:
