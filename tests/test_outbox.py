@@ -30,7 +30,8 @@ async def test_outbox_ids_are_never_reused(system: System, schedule_id: int) -> 
 
 async def test_inserted_rows_get_their_own_ids(system: System, schedule_id: int) -> None:
     """The ids come back in the rows' order (on SQLite they are worked out, not returned),
-    also while another writer inserts outbox rows at the same time."""
+    also while another writer inserts outbox rows at the same time; they ascend in that
+    order, which is the order the relay sends them in."""
     database = system.token_api.database
     topics = Topics(origin="test-ids", waiting="t")
     now = datetime.now(UTC)
@@ -39,6 +40,7 @@ async def test_inserted_rows_get_their_own_ids(system: System, schedule_id: int)
         rows = [slots_freed_row(topics, schedule_id + i, reason, now) for i in range(300)]
         async with database.transaction() as session:
             ids = await repository.insert_outbox_rows(session, rows)
+        assert ids == sorted(ids)
         return dict(zip(ids, (row.payload for row in rows), strict=True))
 
     written = await asyncio.gather(write("a"), write("b"), write("c"))
