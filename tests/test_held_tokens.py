@@ -41,3 +41,30 @@ async def test_each_asked_pair_gets_its_own_tokens_only(
         (second, "bob"): Held(),  # bob's token is in the first schedule
         (second, "carol"): Held(),
     }
+
+
+async def test_a_returning_users_tokens_are_read_per_pair(
+    database_url: str, new_schedule_id: Callable[[], int]
+) -> None:
+    """``repository.users_tokens``, the returning users' read: every token of each asked
+    pair, none of a pair not asked (ann's token in the second schedule)."""
+    first, second = new_schedule_id(), new_schedule_id()
+    newcomers = [
+        NewToken(f"users-{first}-ann", "ann", first, MOMENT),
+        NewToken(f"users-{second}-ann", "ann", second, MOMENT),
+        NewToken(f"users-{second}-bob", "bob", second, MOMENT),
+    ]
+    async with Database(database_url) as database:
+        async with database.transaction() as session:
+            schedules = await repository.lock_schedule_states(session, [first, second])
+            await repository.place_new_tokens(session, schedules, newcomers)
+            await repository.store_schedule_states(session, schedules)
+        async with database.single_read() as session:
+            found = await repository.users_tokens(
+                session, [(first, "ann"), (second, "bob"), (first, "bob")]
+            )
+    assert {pair: [t.token_id for t in tokens] for pair, tokens in found.items()} == {
+        (first, "ann"): [f"users-{first}-ann"],
+        (second, "bob"): [f"users-{second}-bob"],
+        (first, "bob"): [],
+    }

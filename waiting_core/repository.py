@@ -19,16 +19,21 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    String,
     Table,
+    and_,
     bindparam,
     delete,
+    func,
     literal_column,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Result
@@ -291,8 +296,13 @@ async def users_tokens(
     found: dict[tuple[int, str], list[TokenRow]] = {pair: [] for pair in pairs}
     if not pairs:
         return found
-    params = _pair_params(pairs)
-    for token in (await session.execute(_USERS_TOKENS, params)).scalars():
+    if session.get_bind().dialect.name == "postgresql":  # one probe per pair (held_tokens)
+        asked = list(dict.fromkeys(pairs))
+        statement = _USERS_TOKENS_BY_PAIR
+        params = {"schedules": [s for s, _ in asked], "users": [u for _, u in asked]}
+    else:
+        statement, params = _USERS_TOKENS, _pair_params(pairs)
+    for token in (await session.execute(statement, params)).scalars():
         mine = found.get((token.schedule_id, token.user_id))
         if mine is not None:
             mine.append(token)
@@ -312,6 +322,17 @@ def _pair_params(pairs: Iterable[tuple[int, str]]) -> dict[str, Any]:
 _IN_SCHEDULES = TokenRow.schedule_id.in_(bindparam("schedules", expanding=True))
 _IN_USERS = TokenRow.user_id.in_(bindparam("users", expanding=True))
 _USERS_TOKENS = select(TokenRow).where(_IN_SCHEDULES, _IN_USERS)
+_PAIRS = (
+    func.unnest(
+        bindparam("schedules", type_=ARRAY(BigInteger)), bindparam("users", type_=ARRAY(String))
+    )
+    .table_valued("schedule_id", "user_id")
+    .render_derived(name="pairs")
+)
+_USERS_TOKENS_BY_PAIR = select(TokenRow).join(
+    _PAIRS,
+    and_(TokenRow.schedule_id == _PAIRS.c.schedule_id, TokenRow.user_id == _PAIRS.c.user_id),
+)
 # The newcomers' ids already written, and their users' tokens (live ones hold a place): one
 # statement, two index lookups (primary key, ix_tokens_user). On the driver (``driver_sql``).
 _WRITTEN_OR_HOLDING = DialectSql(
