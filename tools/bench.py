@@ -34,6 +34,7 @@ import grpc
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -349,6 +350,10 @@ class Bench:
                 self.results["peak_rss_mb"] = {k: round(v, 1) for k, v in rss.peak_mb.items()}
         finally:
             await asyncio.to_thread(cluster.stop_all)
+            await _delete_topics(
+                self.bootstrap,
+                [cluster.extra_env["WAITING_TOPIC"], cluster.extra_env["TOKEN_EVENTS_TOPIC"]],
+            )
         return self.results
 
     async def _issue_throughput(
@@ -851,6 +856,19 @@ class Bench:
         }
 
 
+async def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+    """Delete a run's own topics, so that a broker kept between runs does not grow by a few
+    partitions a run (each stays a directory, and in every metadata answer)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        await admin.delete_topics(topics)
+    except KafkaError as exc:  # the figures are taken; a leftover topic is only untidy
+        print(f"bench: could not delete the topics {topics}: {exc}")
+    finally:
+        await admin.close()
+
+
 async def kafka_floor(bootstrap: str, rounds: int) -> dict[str, float]:
     """The aiokafka produce-to-consume round trip on the same broker, one record at a time."""
     topic = f"bench-floor-{secrets.token_hex(3)}"
@@ -878,6 +896,7 @@ async def kafka_floor(bootstrap: str, rounds: int) -> dict[str, float]:
     finally:
         await consumer.stop()
         await producer.stop()
+        await _delete_topics(bootstrap, [topic])
     return {"p50_ms": round(pct(trips, 0.5), 2), "p99_ms": round(pct(trips, 0.99), 2)}
 
 
