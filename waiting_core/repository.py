@@ -297,9 +297,8 @@ async def users_tokens(
     if not pairs:
         return found
     if session.get_bind().dialect.name == "postgresql":  # one probe per pair (held_tokens)
-        asked = list(dict.fromkeys(pairs))
-        statement = _USERS_TOKENS_BY_PAIR
-        params = {"schedules": [s for s, _ in asked], "users": [u for _, u in asked]}
+        schedules, users = _pair_arrays(pairs)
+        statement, params = _USERS_TOKENS_BY_PAIR, {"schedules": schedules, "users": users}
     else:
         statement, params = _USERS_TOKENS, _pair_params(pairs)
     for token in (await session.execute(statement, params)).scalars():
@@ -307,6 +306,13 @@ async def users_tokens(
         if mine is not None:
             mine.append(token)
     return found
+
+
+def _pair_arrays(pairs: Iterable[tuple[int, str]]) -> tuple[list[int], list[str]]:
+    """The distinct (schedule, user) pairs as two parallel lists, for a join on
+    ``unnest(schedules, users)``: one index probe per pair."""
+    distinct = list(dict.fromkeys(pairs))
+    return [schedule for schedule, _ in distinct], [user for _, user in distinct]
 
 
 def _pair_params(pairs: Iterable[tuple[int, str]]) -> dict[str, Any]:
@@ -411,14 +417,14 @@ async def place_new_tokens(
     if not newcomers:
         return placement
     driver = await driver_sql(session)
-    pairs = list(dict.fromkeys((t.schedule_id, t.user_id) for t in newcomers))
+    pair_schedules, pair_users = _pair_arrays((t.schedule_id, t.user_id) for t in newcomers)
     written: set[str] = set()
     holding: set[tuple[int, str]] = set()
     for token_id, schedule_id, user_id, status in await driver.fetch(
         _WRITTEN_OR_HOLDING,
         driver.values([t.token_id for t in newcomers]),
-        driver.values([schedule_id for schedule_id, _ in pairs]),
-        driver.values([user_id for _, user_id in pairs]),
+        driver.values(pair_schedules),
+        driver.values(pair_users),
     ):
         written.add(token_id)
         if status in _LIVE_VALUES:
