@@ -47,6 +47,7 @@ def test_values_are_parsed_to_their_types() -> None:
         ("SHUTDOWN_GRACE_SECONDS", "soon"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
+        ("EVENT_LOOP", "tokio"),
         ("OUTBOX_POLL_SECONDS", "0"),
         ("PRODUCER_LINGER_MS", "-5"),
     ],
@@ -118,3 +119,20 @@ def test_json_logs_carry_the_request_id() -> None:
     entry = json.loads(stream.getvalue().strip().splitlines()[-1])
     assert entry["message"] == "hello"
     assert (entry["request_id"], entry["token_id"], entry["schedule_id"]) == ("req-42", "tok", 7)
+
+
+@pytest.mark.parametrize(("event_loop", "expected"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_services_run_on_the_chosen_event_loop(event_loop: str, expected: str) -> None:
+    import asyncio
+
+    from waiting_core.cli import run_loop
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    run_loop(main(), event_loop)
+
+    assert seen == [expected]
+    assert load(TokenApiSettings, {}).event_loop == "uvloop"

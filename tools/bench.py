@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -77,6 +78,9 @@ TARGETS = {
     "issue_rps_ratio": ("IssueToken rps / echo rps, c=32", ">=", 0.6),
     "issue_p99_ms": ("IssueToken p99 (ms), c=32", "<=", 25.0),
     "issue_p99_over_echo": ("IssueToken p99 / echo p99, c=32", "<=", 2.0),
+    # The same ratio against an echo server on uvloop, the services' own event loop: what
+    # IssueToken costs over grpc.aio as the services run it (no target; see README).
+    "issue_rps_ratio_same_loop": ("IssueToken rps / echo-on-uvloop rps, c=32", ">=", 0.0),
     "complete_p50_ms": ("CompleteToken p50 (ms), c=32", "<=", float("inf")),
     "complete_p99_ms": ("CompleteToken p99 (ms), c=32", "<=", float("inf")),
     "complete_p99_over_echo": ("CompleteToken p99 / echo p99, c=32", "<=", 2.0),
@@ -295,7 +299,7 @@ class Bench:
     pids: dict[str, int] = field(default_factory=dict)
     cpu_pids: dict[str, int] = field(default_factory=dict)
 
-    async def run(self, echo_address: str) -> dict[str, Any]:
+    async def run(self, echo_address: str, uvloop_echo_address: str) -> dict[str, Any]:
         """Every measurement on this database."""
         await asyncio.to_thread(migrate, self.database_url)
         cluster = Cluster(
@@ -322,17 +326,19 @@ class Bench:
                 grpc.aio.insecure_channel(token_api.address) as token_channel,
                 grpc.aio.insecure_channel(activator.address) as activator_channel,
                 grpc.aio.insecure_channel(echo_address) as echo_channel,
+                grpc.aio.insecure_channel(uvloop_echo_address) as uvloop_echo_channel,
                 Database(self.database_url, pool_size=4) as db,
             ):
                 tokens = token_service_pb2_grpc.TokenServiceStub(token_channel)
                 schedules = schedule_service_pb2_grpc.ScheduleServiceStub(token_channel)
                 queue = queue_status_service_pb2_grpc.QueueStatusServiceStub(activator_channel)
                 echo = token_service_pb2_grpc.TokenServiceStub(echo_channel)
+                uvloop_echo = token_service_pb2_grpc.TokenServiceStub(uvloop_echo_channel)
                 sections = self.args.sections
                 # Every section is measured on a warm broker, whichever of them run.
                 await self._warm_up(tokens)
                 if "issue" in sections:
-                    await self._issue_throughput(tokens, echo)
+                    await self._issue_throughput(tokens, echo, uvloop_echo)
                 if "release" in sections:
                     await self._release_latency(tokens, schedules, queue)
                 if "to_active" in sections:
@@ -360,12 +366,15 @@ class Bench:
         self,
         tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
         echo: token_service_pb2_grpc.TokenServiceAsyncStub,
+        uvloop_echo: token_service_pb2_grpc.TokenServiceAsyncStub,
     ) -> None:
         levels = []
         for concurrency in self.args.concurrency:
             schedule_id = random.randrange(10**9)
 
-            async def ceiling(i: int) -> Any:
+            async def ceiling(
+                i: int, echo: token_service_pb2_grpc.TokenServiceAsyncStub = echo
+            ) -> Any:
                 return await echo.IssueToken(
                     token_service_pb2.IssueTokenRequest(
                         user_id=f"bench-user-{i:06d}", schedule_id=1
@@ -386,18 +395,22 @@ class Bench:
                 echo_run = await closed_loop(ceiling, concurrency, self.args.seconds)
             with cpu_meter({"load generator": os.getpid(), **self.cpu_pids}) as issue_cpu:
                 issue_run = await closed_loop(issue, concurrency, self.args.seconds)
-            levels.append(
-                {
-                    "echo": {
-                        **echo_run.summary(),
-                        "cpu_ms_per_call": echo_cpu.per_call_ms(len(echo_run.latencies_ms)),
-                    },
-                    "issue": {
-                        **issue_run.summary(),
-                        "cpu_ms_per_call": issue_cpu.per_call_ms(len(issue_run.latencies_ms)),
-                    },
-                }
-            )
+            level: dict[str, dict[str, Any]] = {
+                "echo": {
+                    **echo_run.summary(),
+                    "cpu_ms_per_call": echo_cpu.per_call_ms(len(echo_run.latencies_ms)),
+                },
+                "issue": {
+                    **issue_run.summary(),
+                    "cpu_ms_per_call": issue_cpu.per_call_ms(len(issue_run.latencies_ms)),
+                },
+            }
+            if concurrency == RUSH_CONCURRENCY:
+                same_loop = await closed_loop(
+                    functools.partial(ceiling, echo=uvloop_echo), concurrency, self.args.seconds
+                )
+                level["echo_uvloop"] = same_loop.summary()
+            levels.append(level)
             self.cdfs[f"echo c={concurrency}"] = echo_run.latencies_ms
             self.cdfs[f"IssueToken c={concurrency}"] = issue_run.latencies_ms
         self.results["issue_levels"] = levels
@@ -908,6 +921,9 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         figures["issue_rps_ratio"] = round(rush["issue"]["rps"] / rush["echo"]["rps"], 3)
         figures["issue_p99_ms"] = rush["issue"]["p99_ms"]
         figures["issue_p99_over_echo"] = round(rush["issue"]["p99_ms"] / rush["echo"]["p99_ms"], 2)
+        if "echo_uvloop" in rush:
+            same_loop = rush["issue"]["rps"] / rush["echo_uvloop"]["rps"]
+            figures["issue_rps_ratio_same_loop"] = round(same_loop, 3)
     if "complete" in results:
         figures["complete_p50_ms"] = results["complete"]["p50_ms"]
         figures["complete_p99_ms"] = results["complete"]["p99_ms"]
@@ -1033,10 +1049,12 @@ def plot(all_results: dict[str, Bench], path: Path) -> None:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """The ceiling's server, as its own process like token_api."""
+def echo_server(event_loop: str = "asyncio") -> Iterator[str]:
+    """The ceiling's server, as its own process like token_api, on ``event_loop``."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tools.echo_server", str(port)], cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tools.echo_server", str(port), event_loop], cwd=ROOT
+    )
     try:
         wait_listening(port)
         yield f"127.0.0.1:{port}"
@@ -1119,11 +1137,11 @@ async def amain(args: argparse.Namespace) -> None:
                 databases["postgresql"] = url
             else:
                 print("bench: PostgreSQL could not be started (see above); measuring SQLite only")
-        with echo_server() as echo_address:
+        with echo_server() as echo_address, echo_server("uvloop") as uvloop_echo_address:
             for name, url in databases.items():
                 if name.startswith(tuple(args.databases)):
                     benches[name] = Bench(args, name, url, bootstrap)
-                    output[name] = await benches[name].run(echo_address)
+                    output[name] = await benches[name].run(echo_address, uvloop_echo_address)
                     output[name]["ratios"] = ratios(output[name])
     finally:
         for leftover in sqlite_path.parent.glob(f"{sqlite_path.name}*"):  # with -wal and -shm

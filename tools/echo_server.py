@@ -1,17 +1,19 @@
 """The benchmark's ceiling: a bare grpc.aio server that answers IssueToken with a fixed token.
 
 Same request and response types and sizes as token_api, no interceptors, no database, no
-Kafka. ``python -m tools.echo_server PORT``.
+Kafka. ``python -m tools.echo_server PORT [asyncio|uvloop]``: the issue's ceiling runs on the
+standard library's loop (the default); the bench also measures one on uvloop, the loop the
+services run on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import grpc
 
 from waiting.v1 import token_pb2, token_service_pb2, token_service_pb2_grpc
+from waiting_core.cli import run_loop
 
 
 class EchoTokenService(token_service_pb2_grpc.TokenServiceServicer):
@@ -45,4 +47,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    run_loop(serve(int(sys.argv[1])), sys.argv[2] if len(sys.argv) > 2 else "asyncio")

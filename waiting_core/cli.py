@@ -6,8 +6,10 @@ import asyncio
 import gc
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
+
+import uvloop
 
 from waiting_core import logs
 from waiting_core.migrate import SchemaOutOfDate
@@ -53,11 +55,23 @@ def run_service(
         return 2
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     try:
-        asyncio.run(_serve(lambda: make_app(settings)))
+        run_loop(_serve(lambda: make_app(settings)), settings.event_loop)
     except SchemaOutOfDate as exc:
         print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run ``main`` to completion on a new loop of the chosen kind.
+
+    uvloop cuts the CPU of every call: a bare grpc.aio echo server spent 0.24-0.27 ms per
+    call on it against 0.28-0.31 ms on the standard loop (README, "Event loop").
+    """
+    if event_loop == "uvloop":
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def _serve(make_app: Callable[[], App]) -> None:

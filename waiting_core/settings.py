@@ -73,6 +73,11 @@ def log_format(value: Any) -> str | None:
     return None if value in ("text", "json") else "must be text or json"
 
 
+def event_loop(value: Any) -> str | None:
+    """A check: an event loop this service can run on."""
+    return None if value in ("uvloop", "asyncio") else "must be uvloop or asyncio"
+
+
 def pass_algorithm(value: Any) -> str | None:
     """A check: a JWS algorithm admission passes can be signed with."""
     return None if value in ("ES256", "EdDSA", "RS256") else "must be ES256, EdDSA or RS256"
@@ -168,6 +173,12 @@ class CommonSettings:
         5.0,
         "how long in-flight RPCs may finish on SIGTERM",
         non_negative,
+    )
+    event_loop: str = setting(
+        "EVENT_LOOP",
+        "uvloop",
+        "uvloop (libuv, less CPU per call) or asyncio (the standard library's loop)",
+        event_loop,
     )
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", log_level)
     log_format: str = setting(
