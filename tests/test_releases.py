@@ -3,17 +3,23 @@ tables, read back through the ORM: statuses, timestamps, counts and outbox ids."
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text
 
+from token_api.releasing import ReleaseBatcher, _Request
+from waiting.v1 import events_pb2
 from waiting_core import repository
 from waiting_core.bulk import load_pending
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import FailedPrecondition, TokenNotFound
 from waiting_core.events import Topics, slots_freed_row
-from waiting_core.models import OutboxRow
+from waiting_core.models import OutboxEvent, OutboxRow
+from waiting_core.outbox import OutboxRelay
 from waiting_core.releases import release_store_for
 from waiting_core.repository import Release
 
@@ -34,8 +40,14 @@ async def test_a_group_of_releases_is_written_as_the_rules_say(
         store = release_store_for(database_url)
         await store.start()
         topics = Topics(origin="test-releases", waiting="t")
+        waiting_after: list[frozenset[int]] = []
+
+        def events_of(_: object, waiting: frozenset[int]) -> list[OutboxEvent]:
+            waiting_after.append(waiting)
+            return [slots_freed_row(topics, schedule_id, "test", later) for _ in "ab"]
+
         try:
-            await store.apply([(ended, TokenStatus.COMPLETED)], now, lambda _: [])
+            await store.apply([(ended, TokenStatus.COMPLETED)], now, lambda *_: [])
             later = now + timedelta(seconds=1)
             results, events = await store.apply(
                 [
@@ -46,7 +58,7 @@ async def test_a_group_of_releases_is_written_as_the_rules_say(
                     ("no-such-token", TokenStatus.COMPLETED),
                 ],
                 later,
-                lambda _: [slots_freed_row(topics, schedule_id, "test", later) for _ in "ab"],
+                events_of,
             )
         finally:
             await store.stop()
@@ -78,3 +90,48 @@ async def test_a_group_of_releases_is_written_as_the_rules_say(
     assert None not in event_ids
     assert len(set(event_ids)) == 2
     assert stored_ids == set(event_ids)
+    assert waiting_after == [frozenset()]  # the pending token was cancelled: nobody waits
+
+
+async def test_a_freed_slot_wakes_the_activator_only_where_someone_waits(
+    database_url: str, new_schedule_id: Callable[[], int]
+) -> None:
+    now = datetime.now(UTC)
+    nobody_waits, someone_waits = new_schedule_id(), new_schedule_id()
+    async with Database(database_url) as database, database.transaction() as session:
+        holders = {}
+        for schedule_id in (nobody_waits, someone_waits):
+            holder, *_ = await load_pending(
+                session, schedule_id, 2 if schedule_id == someone_waits else 1, now
+            )
+            holders[schedule_id] = holder
+            await session.execute(
+                text("UPDATE tokens SET status = 'ACTIVE' WHERE token_id = :t"),
+                {"t": holder},
+            )
+            schedule = await repository.lock_schedule(session, schedule_id)
+            schedule.active_count = 1
+            schedule.pending_count = 1 if schedule_id == someone_waits else 0
+    store = release_store_for(database_url)
+    topics = Topics(origin="test-releases", waiting="t")
+    releaser = ReleaseBatcher(store, OutboxRelay(database, "", topics=topics, partitions=1), topics)
+    await store.start()
+    try:
+        requests = [(holders[s], TokenStatus.COMPLETED) for s in (nobody_waits, someone_waits)]
+        _, events = await store.apply(
+            requests,
+            now,
+            functools.partial(releaser._events, [_request(r) for r in requests], now=now),
+        )
+    finally:
+        await store.stop()
+
+    freed = [
+        e.key for e in events if e.event_type == events_pb2.SlotsFreedEvent.DESCRIPTOR.full_name
+    ]
+    assert freed == [str(someone_waits).encode()]
+    assert sum(e.event_type.endswith("TokenStateChangedEvent") for e in events) == 2
+
+
+def _request(request: tuple[str, TokenStatus]) -> _Request:
+    return _Request(*request, answer=asyncio.get_running_loop().create_future())

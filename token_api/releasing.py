@@ -3,7 +3,10 @@
 Releases refill slots, so at rush rate they bound admissions. One task takes every release
 that is waiting and applies them all in one plain-SQL transaction (``waiting_core.releases``:
 a few statements for the whole group), with their state changes and one SlotsFreedEvent per
-schedule that got a slot back in its outbox, and answers each caller. A request's own
+schedule that got a slot back while someone waits in its line in its outbox, and answers
+each caller. A slot freed in a schedule nobody waits in wakes nobody: the activator has
+nothing to admit there, and a token still on its way through the log is placed under the
+schedule's lock after this group, where it sees the free slot. A request's own
 error (an unknown id, a move the lifecycle forbids) goes to that caller alone.
 """
 
@@ -92,9 +95,11 @@ class ReleaseBatcher(BackgroundWorker):
         self,
         batch: Sequence[_Request],
         results: Sequence[repository.Release | DomainError],
+        waiting: frozenset[int],
         now: datetime,
     ) -> list[OutboxEvent]:
-        """A state change per release that changed; a freed-slot event per schedule."""
+        """A state change per release that changed; a freed-slot event per schedule that
+        got a slot back while someone waits in it (``waiting``)."""
         events: list[OutboxEvent] = []
         freed: dict[int, str] = {}
         for request, result in zip(batch, results, strict=True):
@@ -103,7 +108,7 @@ class ReleaseBatcher(BackgroundWorker):
             events += state_changed_rows(
                 self._topics, [result.token], result.previous, request.target, now
             )
-            if result.freed_slot:
+            if result.freed_slot and result.token.schedule_id in waiting:
                 freed.setdefault(result.token.schedule_id, request.target.value.lower())
         events += [
             slots_freed_row(self._topics, schedule_id, reason, now)

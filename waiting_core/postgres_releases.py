@@ -88,7 +88,7 @@ async def release_tokens(
             [s.active_count for s in touched],
             [s.pending_count for s in touched],
         )
-    events = events_of(results)
+    events = events_of(results, repository.schedules_with_waiters(schedules))
     await _insert_outbox_rows(connection, events)
     return results, events
 

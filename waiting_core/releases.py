@@ -36,7 +36,7 @@ class ReleaseStore(Protocol):
         self, requests: Sequence[tuple[str, TokenStatus]], now: datetime, events_of: EventsOf
     ) -> tuple[ReleaseResults, list[OutboxEvent]]:
         """Each request's Release or DomainError, in order, and the outbox rows written
-        (``events_of(results)``, with their ids), once committed."""
+        (``events_of(results, waiting)``, with their ids), once committed."""
         ...
 
 

@@ -729,7 +729,9 @@ _ADMIT = DialectSql(
 
 # What a group of releases gives each request, and the events a group writes for them.
 ReleaseResults = list[Release | DomainError]
-EventsOf = Callable[[Sequence[Release | DomainError]], list[OutboxEvent]]
+# ``events_of(results, waiting)``: ``waiting`` holds the schedules someone still waits in
+# after the group (see ``schedules_with_waiters``).
+EventsOf = Callable[[Sequence[Release | DomainError], frozenset[int]], list[OutboxEvent]]
 
 
 def apply_releases(
@@ -761,6 +763,15 @@ def release_changes(
     tokens = {r.token.token_id: r.token for r in results if isinstance(r, Release) and r.changed}
     touched = {token.schedule_id for token in tokens.values()}
     return list(tokens.values()), [s for i, s in schedules.items() if i in touched]
+
+
+def schedules_with_waiters(schedules: Mapping[int, ScheduleRow]) -> frozenset[int]:
+    """The schedules whose line holds a PENDING token, read under their row locks.
+
+    Only these have anyone to admit into a freed slot. A token still on its way through the
+    log is placed later, under the same lock, and sees the freed slot then.
+    """
+    return frozenset(i for i, schedule in schedules.items() if schedule.pending_count > 0)
 
 
 def _release(token: AnyToken, schedule: ScheduleRow, target: TokenStatus, now: datetime) -> Release:

@@ -52,7 +52,8 @@ def release_tokens(
     events_of: EventsOf,
 ) -> tuple[ReleaseResults, list[OutboxEvent]]:
     """Apply the releases (token id, target status) in request order; write the changes
-    and ``events_of(results)`` to the outbox. The results, and the outbox rows with ids."""
+    and ``events_of(results, waiting)`` to the outbox. The results, and the outbox rows with
+    ids."""
     ids = list(dict.fromkeys(token_id for token_id, _ in requests))
     tokens = {
         token.token_id: token
@@ -78,7 +79,7 @@ def release_tokens(
     connection.executemany(
         _SET_COUNTS, [(s.active_count, s.pending_count, s.schedule_id) for s in touched]
     )
-    events = events_of(results)
+    events = events_of(results, repository.schedules_with_waiters(schedules))
     _insert_outbox_rows(connection, events)
     return results, events
 
