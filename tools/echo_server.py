@@ -8,12 +8,13 @@ services run on.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import grpc
+import uvloop
 
 from waiting.v1 import token_pb2, token_service_pb2, token_service_pb2_grpc
-from waiting_core.cli import run_loop
 
 
 class EchoTokenService(token_service_pb2_grpc.TokenServiceServicer):
@@ -47,4 +48,7 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    run_loop(serve(int(sys.argv[1])), sys.argv[2] if len(sys.argv) > 2 else "asyncio")
+    if sys.argv[2:] == ["uvloop"]:
+        uvloop.run(serve(int(sys.argv[1])))
+    else:
+        asyncio.run(serve(int(sys.argv[1])))
