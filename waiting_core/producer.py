@@ -33,6 +33,7 @@ class LazyProducer:
         self._request_timeout_ms = request_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()  # producers dropped by ``reset``
 
     async def get(self) -> AIOKafkaProducer:
         """The started producer."""
@@ -43,10 +44,13 @@ class LazyProducer:
         return self._producer
 
     async def stop(self) -> None:
-        """Flush and close the producer, if it was started."""
+        """Flush and close the producer, if it was started, and wait for the ones ``reset``
+        dropped to be closed: a stopped service leaves no connection behind."""
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+        if self._closing:
+            await asyncio.wait(set(self._closing))  # each is bounded by _close's timeout
 
     def reset(self) -> None:
         """Drop the producer after a delivery failed; the next ``get`` starts a new one.
@@ -59,8 +63,8 @@ class LazyProducer:
         producer, self._producer = self._producer, None
         if producer is not None:
             task = asyncio.create_task(_close(producer))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _start(self) -> AIOKafkaProducer:
         await ensure_topics(self._bootstrap, self._topics, self._partitions)
@@ -79,12 +83,14 @@ class LazyProducer:
         return producer
 
 
-_closing: set[asyncio.Task[None]] = set()  # references, so the closing tasks are not collected
-
-
 async def _close(producer: AIOKafkaProducer) -> None:
-    with contextlib.suppress(Exception):
+    """Stop a dropped producer; if its stop fails or takes too long (the broker is still
+    away), close its connections anyway."""
+    try:
         await asyncio.wait_for(producer.stop(), timeout=10)
+    except Exception:  # noqa: BLE001 - a producer being dropped: only its sockets matter
+        with contextlib.suppress(Exception):
+            await producer.client.close()
 
 
 Record = tuple[bytes, bytes, Sequence[tuple[str, bytes]]]  # key, value, headers
