@@ -37,8 +37,15 @@ def is_listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_serving(address: str, timeout: float = 60.0) -> None:
-    """Block until grpc.health.v1 at ``address`` answers SERVING."""
+class PortTaken(Exception):
+    """A service died at start because one of its ports was taken meanwhile."""
+
+
+def wait_serving(
+    address: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until grpc.health.v1 at ``address`` answers SERVING; TimeoutError at once if
+    ``process`` (the server's) has exited meanwhile."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -49,6 +56,8 @@ def wait_serving(address: str, timeout: float = 60.0) -> None:
                     return
             except grpc.RpcError:
                 pass
+            if process is not None and process.poll() is not None:
+                raise TimeoutError(f"{address}: its process exited ({process.returncode})")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{address} is not SERVING after {timeout}s")
             time.sleep(0.1)
@@ -183,7 +192,19 @@ class Cluster:
         }
 
     def start(self, module: str, port: int | None = None, wait: bool = True) -> Service:
-        """Start ``python -m module`` (token_api or activator) on a free port."""
+        """Start ``python -m module`` (token_api or activator) on a free port.
+
+        A port ``free_port`` gave can be taken by another process before the service binds
+        it; a service that died of that is started again on fresh ports (twice at most).
+        """
+        for _ in range(2):
+            try:
+                return self._start(module, port, wait)
+            except PortTaken:
+                continue
+        return self._start(module, port, wait)
+
+    def _start(self, module: str, port: int | None, wait: bool) -> Service:
         port = port or free_port()
         variable = "TOKEN_API_PORT" if module == "token_api" else "ACTIVATOR_PORT"
         metrics_variable = variable.replace("_PORT", "_METRICS_PORT")
@@ -201,8 +222,12 @@ class Cluster:
         self.services.append(service)
         if wait:
             try:
-                wait_serving(service.address)
+                wait_serving(service.address, process=process)
             except TimeoutError as exc:
+                log_text = log_path.read_text()
+                if process.poll() is not None and "Address already in use" in log_text:
+                    self.services.remove(service)
+                    raise PortTaken(log_text) from exc
                 raise RuntimeError(
                     f"{module} did not start; its log:\n{log_path.read_text()}"
                 ) from exc
