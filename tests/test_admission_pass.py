@@ -4,6 +4,7 @@ could try (the security list of the admission-pass issue)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -31,6 +32,7 @@ from tests.helpers import (
     issue,
     read_topic,
     token_status,
+    wait_counts,
 )
 from waiting.v1 import (
     events_pb2,
@@ -46,7 +48,7 @@ from waiting_client import (
     Revocations,
     TokenGate,
 )
-from waiting_core import passes
+from waiting_core import passes, repository
 
 Call = Callable[[str, int], Awaitable[grpc.StatusCode]]
 
@@ -178,6 +180,40 @@ async def test_an_admitted_token_carries_one_pass_that_every_read_returns(
     assert claims["sch"] == schedule_id
     assert claims["exp"] == holder.expires_at.seconds
     assert claims["iat"] == claims["nbf"] == holder.activated_at.seconds
+
+
+async def test_a_big_admission_gives_every_token_its_own_pass(
+    system: System, schedule_id: int
+) -> None:
+    # More than MINT_CHUNK at once: on PostgreSQL, minted and stored chunk by chunk.
+    count = 2 * repository.MINT_CHUNK + 50
+    await configure(system, schedule_id, capacity=1)
+    tokens = await asyncio.gather(*(issue(system, f"u{i}", schedule_id) for i in range(count)))
+    await wait_counts(system, schedule_id, active=1, pending=count - 1)
+
+    await configure(system, schedule_id, capacity=count)
+    await wait_counts(system, schedule_id, active=count, pending=0)
+
+    keys = json.loads(
+        (
+            await system.tokens.GetSigningKeys(
+                token_service_pb2.GetSigningKeysRequest(), timeout=RPC_TIMEOUT
+            )
+        ).jwks_json
+    )
+    verifying = {k["kid"]: jwt.PyJWK(k).key for k in keys["keys"]}
+    for token in tokens:
+        status = await token_status(system, token.token_id)
+        kid = jwt.get_unverified_header(status.admission_pass)["kid"]
+        claims = jwt.decode(
+            status.admission_pass,
+            verifying[kid],
+            algorithms=["ES256"],
+            audience="seat-service",
+            issuer="waiting-room",
+        )
+        assert (claims["jti"], claims["sub"]) == (token.token_id, token.user_id)
+        assert claims["exp"] == status.expires_at.seconds
 
 
 async def test_a_watch_gets_the_pass_at_admission(system: System, schedule_id: int) -> None:
