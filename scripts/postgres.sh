@@ -86,7 +86,8 @@ start() {
   [ "$(id -u)" = 0 ] && chown postgres: "$log_file"
   if ! as_owner "$bin/pg_ctl" -D "$data_dir" -l "$log_file" -w -t 60 start \
     -o "-c listen_addresses=127.0.0.1 -p $port -k /tmp -c max_connections=200 \
-        -c fsync=${PG_FSYNC:-on} -c synchronous_commit=on -c shared_buffers=256MB" >/dev/null; then
+        -c fsync=${PG_FSYNC:-on} -c synchronous_commit=on -c shared_buffers=256MB \
+        -c max_wal_size=8GB -c checkpoint_timeout=15min" >/dev/null; then
     echo "postgres.sh: start failed; its log:" >&2
     tail -n 40 "$log_file" >&2
     return 1
