@@ -228,9 +228,7 @@ class Cluster:
                 if process.poll() is not None and "Address already in use" in log_text:
                     self.services.remove(service)
                     raise PortTaken(log_text) from exc
-                raise RuntimeError(
-                    f"{module} did not start; its log:\n{log_path.read_text()}"
-                ) from exc
+                raise RuntimeError(f"{module} did not start; its log:\n{log_text}") from exc
         return service
 
     def stop_all(self) -> None:
