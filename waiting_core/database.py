@@ -38,6 +38,8 @@ from waiting_core.sqlite_connections import (
 log = logging.getLogger(__name__)
 
 _READ_ONLY = "waiting_read_only"
+# How long ``stop`` waits for transactions still running before it closes the pool.
+STOP_DRAIN_SECONDS = 5.0
 
 
 def _is_unreachable(exc: BaseException) -> bool:
@@ -64,6 +66,9 @@ class Database:
         self._writer: async_sessionmaker[AsyncSession] | None = None
         self._reader: async_sessionmaker[AsyncSession] | None = None
         self._single_reader: async_sessionmaker[AsyncSession] | None = None
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     @property
     def dialect(self) -> str:
@@ -109,10 +114,20 @@ class Database:
             log.warning("database unreachable at start; schema not checked: %s", exc)
 
     async def stop(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection, once the transactions still running have ended
+        (up to ``STOP_DRAIN_SECONDS``). A connection in use when the pool is disposed would
+        go back to the old pool and never be closed: SQLite's were then reclaimed by the
+        garbage collector, still open."""
         if self._engine is not None:
             engine, self._engine = self._engine, None
+            await self._running_transactions_ended()
             await engine.dispose()
+
+    async def _running_transactions_ended(self) -> None:
+        try:
+            await asyncio.wait_for(self._drained.wait(), STOP_DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("database stopping with %d transactions still running", self._in_flight)
 
     async def __aenter__(self) -> Database:
         await self.start()
@@ -135,6 +150,8 @@ class Database:
     ) -> AsyncIterator[AsyncSession]:
         if makers is None:
             raise RuntimeError("Database.start() was not called")
+        self._in_flight += 1
+        self._drained.clear()
         try:
             async with makers() as session, session.begin():
                 yield session
@@ -143,6 +160,10 @@ class Database:
                 log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
                 raise StorageUnavailable() from exc
             raise
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
 
 
 def _create_engine(url: str, pool_size: int, echo: bool, sqlite_in_loop: bool) -> AsyncEngine:
