@@ -118,14 +118,19 @@ async def _lock_creating_missing(
     schedule_ids: Sequence[int],
     lock: Callable[[Sequence[int]], Awaitable[list[ScheduleRow]]],
 ) -> list[ScheduleRow]:
-    """``lock`` the schedules' rows, in id order; first create those that are missing."""
+    """``lock`` the schedules' rows, in id order, creating those that are missing: they are
+    inserted (which locks them) and read, the others are not read again."""
     ids = sorted(set(schedule_ids))
     rows = await lock(ids)
     missing = sorted(set(ids) - {row.schedule_id for row in rows})
-    if missing:
-        await _insert_default_schedules(session, missing)
-        rows = await lock(ids)
-    return rows
+    if not missing:
+        return rows
+    await _insert_default_schedules(session, missing)
+    return sorted([*rows, *await lock(missing)], key=_schedule_id)
+
+
+def _schedule_id(row: ScheduleRow) -> int:
+    return row.schedule_id
 
 
 async def _select_many_for_update(session: AsyncSession, ids: Sequence[int]) -> list[ScheduleRow]:
