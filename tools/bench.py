@@ -24,7 +24,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -353,7 +353,8 @@ class Bench:
                 # Every section is measured on a warm broker, whichever of them run.
                 await self._warm_up(tokens)
                 if "issue" in sections:
-                    await self._issue_throughput(tokens, echo, uvloop_echo)
+                    async with _spread_stubs(token_api.address, self.args.token_api_workers) as to:
+                        await self._issue_throughput(to or [tokens], echo, uvloop_echo)
                 if "release" in sections:
                     await self._release_latency(tokens, schedules, queue)
                 if "to_active" in sections:
@@ -379,7 +380,7 @@ class Bench:
 
     async def _issue_throughput(
         self,
-        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        tokens: list[token_service_pb2_grpc.TokenServiceAsyncStub],
         echo: token_service_pb2_grpc.TokenServiceAsyncStub,
         uvloop_echo: token_service_pb2_grpc.TokenServiceAsyncStub,
     ) -> None:
@@ -398,7 +399,7 @@ class Bench:
                 )
 
             async def issue(i: int, schedule_id: int = schedule_id) -> Any:
-                return await tokens.IssueToken(
+                return await tokens[i % len(tokens)].IssueToken(
                     token_service_pb2.IssueTokenRequest(
                         user_id=f"bench-user-{i:06d}", schedule_id=schedule_id
                     ),
@@ -1135,6 +1136,27 @@ async def _vacuumed(database_url: str) -> None:
         await connection.execute("VACUUM (ANALYZE) tokens")
     finally:
         await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def _spread_stubs(
+    address: str, workers: int
+) -> AsyncIterator[list[token_service_pb2_grpc.TokenServiceAsyncStub]]:
+    """With several token_api workers, stubs on two connections per worker, for calls to be
+    spread over them: SO_REUSEPORT spreads connections, not calls, and one channel is one
+    connection (a process's channels share it unless each keeps its own subchannels). With
+    one worker, none: the section's one channel is used."""
+    if workers <= 1:
+        yield []
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(
+                grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            )
+            for _ in range(2 * workers)
+        ]
+        yield [token_service_pb2_grpc.TokenServiceStub(channel) for channel in channels]
 
 
 def _ms_between(start: datetime, end: datetime | None) -> float:
