@@ -12,6 +12,7 @@ from activator.service import QueueStatusService
 from activator.watch import WatchHub
 from waiting.v1 import queue_status_service_pb2, queue_status_service_pb2_grpc
 from waiting_core import serving
+from waiting_core.calls import add_servicer
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.health import KafkaCheck, database_check
@@ -70,11 +71,12 @@ class Activator(serving.GrpcService):
             self.database, self.admitter, self.consumer.ownership, settings.stalled_check_seconds
         )
         server = serving.new_server()
-        queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server(
+        add_servicer(
+            server,
+            queue_status_service_pb2_grpc.add_QueueStatusServiceServicer_to_server,
             QueueStatusService(
                 self.read_database, TokenLookup(self.raw_reads), self.hub, self.seen, self.ids
             ),
-            server,
         )
         super().__init__(
             "activator",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from token_api.admin import ScheduleService
-from token_api.auth import AdminAuthInterceptor
+from token_api.auth import AdminCredential
 from token_api.config import TokenApiSettings
 from token_api.issuing import IssueBatcher
 from token_api.releasing import ReleaseBatcher
@@ -17,6 +17,7 @@ from waiting.v1 import (
     token_service_pb2_grpc,
 )
 from waiting_core import serving
+from waiting_core.calls import add_servicer
 from waiting_core.database import Database
 from waiting_core.events import Topics
 from waiting_core.health import KafkaCheck, database_check
@@ -76,10 +77,10 @@ class TokenApi(serving.GrpcService):
         self.release_store = release_store_for(settings.database_url)
         self.releaser = ReleaseBatcher(self.release_store, self.relay, topics)
         self.seen = SeenTokens(self.database)
-        server = serving.new_server(
-            AdminAuthInterceptor(settings.admin_token), reuse_port=settings.reuse_port
-        )
-        token_service_pb2_grpc.add_TokenServiceServicer_to_server(
+        server = serving.new_server(reuse_port=settings.reuse_port)
+        add_servicer(
+            server,
+            token_service_pb2_grpc.add_TokenServiceServicer_to_server,
             TokenService(
                 self.database,
                 self.relay,
@@ -92,10 +93,12 @@ class TokenApi(serving.GrpcService):
                 self.keys,
                 TokenLookup(self.raw_reads),
             ),
-            server,
         )
-        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
-            ScheduleService(self.database, self.relay, topics, self.keys), server
+        add_servicer(
+            server,
+            schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server,
+            ScheduleService(self.database, self.relay, topics, self.keys),
+            guard=AdminCredential(settings.admin_token),
         )
         super().__init__(
             "token_api",

@@ -11,12 +11,8 @@ import contextvars
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 from typing import Any
-
-import grpc
-
-from waiting_core.grpc_errors import Handler
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _FIELDS = ("request_id", "token_id", "schedule_id")
@@ -60,17 +56,9 @@ def configure(level: str, json_lines: bool) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Binds each RPC's request id (from ``x-request-id`` or a new one) for its log lines."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        given = ""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "x-request-id" and isinstance(value, str):
-                given = value[:64]
-        REQUEST_ID.set(given or secrets.token_hex(8))
-        return await continuation(handler_call_details)
+def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The caller's ``x-request-id`` (at most 64 characters), or a new one."""
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            return value[:64]
+    return secrets.token_hex(8)

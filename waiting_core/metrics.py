@@ -1,4 +1,4 @@
-"""Prometheus metrics of both services, and the interceptor that counts gRPC calls.
+"""Prometheus metrics of both services, with the gRPC calls counted by method and code.
 
 Each service serves them on its own METRICS_PORT (0 turns the endpoint off). Names follow
 Prometheus conventions. The number of series does not grow with the number of schedules:
@@ -10,16 +10,11 @@ serve tens of thousands of series per scrape.
 from __future__ import annotations
 
 import heapq
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import grpc
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from waiting_core.grpc_errors import Handler, WrappedHandlers, status_for
 
 TOKENS_ISSUED = Counter("waiting_tokens_issued_total", "Tokens issued")
 TOKENS_ADMITTED = Counter("waiting_tokens_admitted_total", "Tokens made ACTIVE")
@@ -100,55 +95,18 @@ LIVE_LINES = LiveLines()
 REGISTRY.register(LIVE_LINES)
 
 
-def _code_of(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AbortError):
-        return "ABORTED_BY_HANDLER"
-    code = status_for(exc)
-    return code.name if code is not None else "INTERNAL"
+class MethodMetrics:
+    """The call count by code and the handling time of one method (``waiting_core.calls``)."""
 
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._seconds = RPC_SECONDS.labels(method)
+        self._counters: dict[str, Counter] = {}  # the counter child of each code, found once
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts unary RPCs by method and status code, and times them."""
-
-    def __init__(self) -> None:
-        self._handlers = WrappedHandlers()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        return self._handlers.get(method, handler, lambda h: _timed(h, method))
-
-
-def _timed(handler: Handler, method: str) -> Handler:
-    behavior: Callable[..., Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
-    seconds = RPC_SECONDS.labels(method)
-    counted: dict[str, Any] = {}  # the counter child of each code, found once
-
-    async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.perf_counter()
-        code = "OK"
-        try:
-            return await behavior(request, context)
-        except BaseException as exc:
-            code = _code_of(exc)
-            raise
-        finally:
-            if code == "ABORTED_BY_HANDLER":
-                code = context.code().name if context.code() else "UNKNOWN"
-            counter = counted.get(code)
-            if counter is None:
-                counter = counted[code] = RPCS.labels(method, code)
-            counter.inc()
-            seconds.observe(time.perf_counter() - started)
-
-    return grpc.unary_unary_rpc_method_handler(
-        timed,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    def record(self, code: str, seconds: float) -> None:
+        """One call ended with ``code`` after ``seconds``."""
+        counter = self._counters.get(code)
+        if counter is None:
+            counter = self._counters[code] = RPCS.labels(self._method, code)
+        counter.inc()
+        self._seconds.observe(seconds)

@@ -13,11 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # what grpc_health.v1.health.aio re-exports
 from grpc_reflection.v1alpha import reflection
 
-from waiting_core.grpc_errors import ErrorMappingInterceptor
+from waiting_core.calls import add_servicer
 from waiting_core.health import Check, HealthReporter, set_health
 from waiting_core.http_port import HttpPort
-from waiting_core.logs import RequestIdInterceptor
-from waiting_core.metrics import MetricsInterceptor
 from waiting_core.signing_keys import SigningKeys
 
 log = logging.getLogger(__name__)
@@ -25,19 +23,11 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def new_server(
-    *interceptors: grpc.aio.ServerInterceptor,  # type: ignore[type-arg]
-    reuse_port: bool = False,
-) -> grpc.aio.Server:
-    """A grpc.aio server: error mapping first, then ``interceptors``; small message limits.
-    With ``reuse_port``, several processes may serve the same port (SO_REUSEPORT)."""
+def new_server(*, reuse_port: bool = False) -> grpc.aio.Server:
+    """A grpc.aio server with small message limits and no interceptors: register services
+    with ``waiting_core.calls.add_servicer``, which wraps each method once. With
+    ``reuse_port``, several processes may serve the same port (SO_REUSEPORT)."""
     return grpc.aio.server(
-        interceptors=[
-            RequestIdInterceptor(),
-            MetricsInterceptor(),
-            ErrorMappingInterceptor(),
-            *interceptors,
-        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
@@ -52,7 +42,7 @@ def add_health_and_reflection(
     """Register grpc.health.v1 and server reflection; every service starts NOT_SERVING."""
     names = list(service_names)
     health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_servicer(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     reflection.enable_server_reflection(
         [
             *names,
