@@ -14,8 +14,8 @@ from waiting_core import domain
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import TokenNotFound
-from waiting_core.events import timestamp
 from waiting_core.identity import TokenIdSource
+from waiting_core.messages import timestamp
 from waiting_core.seen import SeenTokens
 from waiting_core.token_lookup import TokenLookup
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from waiting_core import domain, retry, token_ids
+from waiting_core import domain, messages, retry, token_ids
 from waiting_core.domain import ScheduleSettings, TokenStatus
 from waiting_core.errors import FailedPrecondition, InvalidArgument
 from waiting_core.token_ids import TokenIds
@@ -196,3 +197,21 @@ def test_backoff_stays_in_the_upper_half_of_its_capped_window(attempt: int) -> N
     waits = [retry.backoff(attempt, cap=3.0) for _ in range(200)]
 
     assert all(ceiling / 2 <= wait <= ceiling for wait in waits)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 27, 18, 30, 1, 123456, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2030, 1, 1, 9, 0, tzinfo=timezone(timedelta(hours=9))),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 11, 27, 18, 30, 1, 5),  # naive: UTC, as protobuf takes it
+    ],
+)
+def test_timestamps_match_protobufs_own_conversion(moment: datetime) -> None:
+    expected = Timestamp()
+    expected.FromDatetime(moment)
+
+    assert messages.timestamp(moment) == expected

@@ -11,8 +11,8 @@ from waiting_core import domain, repository
 from waiting_core.clock import utc_now
 from waiting_core.database import Database
 from waiting_core.errors import InvalidArgument
-from waiting_core.events import Topics, slots_freed_row, timestamp
-from waiting_core.messages import schedule_to_proto, schedule_update_from_proto
+from waiting_core.events import Topics, slots_freed_row
+from waiting_core.messages import schedule_to_proto, schedule_update_from_proto, timestamp
 from waiting_core.outbox import OutboxRelay
 from waiting_core.signing_keys import SigningKeys
 

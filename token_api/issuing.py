@@ -94,16 +94,15 @@ class IssueBatcher(BackgroundWorker):
 
     async def issue(self, user_id: str, schedule_id: int, wait_seconds: float) -> token_pb2.Token:
         """The user's live token for the schedule, or a new one once the log has it."""
-        answer: asyncio.Future[token_pb2.Token] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[token_pb2.Token] = loop.create_future()
         self._queue.put_nowait(_Request(user_id, schedule_id, answer))
+        # A bare timer, not asyncio.timeout: a quarter of its CPU, on every call.
+        expiry = loop.call_later(wait_seconds, _expire, answer, wait_seconds)
         try:
-            async with asyncio.timeout(wait_seconds):
-                return await answer
-        except TimeoutError:
-            raise Unavailable(
-                f"the issue was not acknowledged by Kafka within {wait_seconds:.1f}s; retry, and "
-                "the same token comes back"
-            ) from None
+            return await answer
+        finally:
+            expiry.cancel()
 
     async def stop(self) -> None:
         """Stop taking groups; let the sent ones be acknowledged, then close the producer."""
@@ -202,6 +201,16 @@ def _answer(group: _Group, *, returning_only: bool) -> None:
             continue
         if not request.answer.done():
             request.answer.set_result(token)
+
+
+def _expire(answer: asyncio.Future[token_pb2.Token], wait_seconds: float) -> None:
+    if not answer.done():
+        answer.set_exception(
+            Unavailable(
+                f"the issue was not acknowledged by Kafka within {wait_seconds:.1f}s; retry, "
+                "and the same token comes back"
+            )
+        )
 
 
 def _fail(requests: Sequence[_Request], exc: BaseException) -> None:

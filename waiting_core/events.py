@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from waiting.v1 import events_pb2
 from waiting_core.domain import NewToken, TokenStatus, validate_token_id, validate_user_id
 from waiting_core.errors import BadEvent, InvalidArgument
-from waiting_core.messages import status_to_proto
+from waiting_core.messages import status_to_proto, timestamp
 from waiting_core.models import AnyToken, OutboxEvent
 
 log = logging.getLogger(__name__)
@@ -52,13 +51,6 @@ class Topics:
     def dead_letter(self) -> str:
         """Where records that cannot be applied go: ``<waiting>.DLT``."""
         return f"{self.waiting}.DLT"
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    """A protobuf Timestamp of an aware datetime."""
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def schedule_key(schedule_id: int) -> bytes:

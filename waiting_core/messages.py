@@ -28,12 +28,24 @@ def status_to_proto(status: TokenStatus) -> token_pb2.TokenStatus.ValueType:
     return _STATUS_TO_PROTO[status]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """A protobuf Timestamp of a datetime (naive ones taken as UTC, as protobuf does).
+
+    Exact, from the timedelta's fields: a quarter of the CPU of ``Timestamp.FromDatetime``,
+    which IssueToken paid twice per call (the answer and the event)."""
+    if moment.tzinfo is None:
+        stamp = Timestamp()
+        stamp.FromDatetime(moment)
+        return stamp
+    since = moment - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+
+
 def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    return None if moment is None else timestamp(moment)
 
 
 def token_to_proto(row: AnyToken, position: int) -> token_pb2.Token:
