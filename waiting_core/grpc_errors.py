@@ -61,8 +61,8 @@ async def abort_for(
 ) -> NoReturn:
     """End the call with ``exc``'s code and message; an unmapped error is logged with its
     traceback and reaches the client as INTERNAL with a generic message."""
-    code = code_for(exc)
-    if code is grpc.StatusCode.INTERNAL or not isinstance(exc, DomainError):
+    code = status_for(exc)
+    if code is None or not isinstance(exc, DomainError):
         log.exception("unhandled error in %s", method)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     await context.abort(code, exc.message)
