@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import random
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +45,7 @@ from tools.system import (
     Cluster,
     create_postgres_database,
     free_port,
+    is_listening,
     migrate,
     start_broker,
     stop_broker,
@@ -72,6 +73,8 @@ RUSH_CONCURRENCY = 32
 WARM_UP_STEP_SECONDS = 5.0
 STATUS_CALLS_PER_SECOND = 400  # beside the TTLs of the many-schedules run (the issue's load)
 WARM_QUIET_STEPS = 3
+# A target and its echo baseline take turns, this many each (``interleaved``; --turns).
+TURNS = 4
 WARM_COMPILER_SHARE = 0.02
 SECTIONS = ("issue", "release", "to_active", "drain", "status", "gate", "prequeue", "many")
 TARGETS = {
@@ -141,6 +144,12 @@ class LoadResult:
         """Completed requests per second."""
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
 
+    def add(self, other: LoadResult) -> None:
+        """Count another run at the same concurrency in this one."""
+        self.seconds += other.seconds
+        self.latencies_ms += other.latencies_ms
+        self.errors += other.errors
+
     def summary(self) -> dict[str, float]:
         """The figures for results.json."""
         return {
@@ -158,6 +167,12 @@ class CpuUse:
 
     machine: float = 0.0
     processes: dict[str, float] = field(default_factory=dict)
+
+    def add(self, other: CpuUse) -> None:
+        """Count another run's CPU in this one."""
+        self.machine += other.machine
+        for name, seconds in other.processes.items():
+            self.processes[name] = self.processes.get(name, 0.0) + seconds
 
     def per_call_ms(self, calls: int) -> dict[str, float]:
         """Milliseconds of CPU per completed call."""
@@ -241,12 +256,13 @@ async def _timed_call(call: Callable[[int], Awaitable[Any]], i: int, result: Loa
 
 
 async def closed_loop(
-    call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float
+    call: Callable[[int], Awaitable[Any]], concurrency: int, seconds: float, first: int = 0
 ) -> LoadResult:
-    """``concurrency`` workers calling back to back for ``seconds``."""
+    """``concurrency`` workers calling back to back for ``seconds``; the calls are numbered
+    from ``first``."""
     result = LoadResult(concurrency, seconds)
     end = time.perf_counter() + seconds
-    counter = iter(range(10**9))
+    counter = iter(range(first, 10**9))
 
     async def worker() -> None:
         while time.perf_counter() < end:
@@ -254,6 +270,60 @@ async def closed_loop(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return result
+
+
+def _echo_call(
+    echo: token_service_pb2_grpc.TokenServiceAsyncStub,
+) -> Callable[[int], Awaitable[Any]]:
+    """The baseline: an IssueToken request to the echo server, which answers it at once."""
+
+    async def call(i: int) -> Any:
+        request = token_service_pb2.IssueTokenRequest(user_id=f"bench-user-{i:06d}", schedule_id=1)
+        return await echo.IssueToken(request, timeout=10)
+
+    return call
+
+
+@dataclass
+class Measured:
+    """A call's interleaved runs (``interleaved``): its load and the CPU it cost."""
+
+    load: LoadResult
+    cpu: CpuUse
+
+    def figures(self) -> dict[str, Any]:
+        """The run's summary and its CPU per call, for results.json."""
+        calls = len(self.load.latencies_ms)
+        return {**self.load.summary(), "cpu_ms_per_call": self.cpu.per_call_ms(calls)}
+
+
+async def interleaved(
+    calls: dict[str, tuple[Callable[[int], Awaitable[Any]], dict[str, int]]],
+    concurrency: int,
+    seconds: float,
+    turns: int = TURNS,
+) -> dict[str, Measured]:
+    """Each call's closed loop for ``seconds`` in all, cut into ``turns`` turns that take
+    their turns with the others' (in turn order, then reversed: ABBA), each with the CPU of
+    the processes named beside it.
+
+    A target and its baseline measured one after the other, ten seconds each, were often
+    measured in different stretches of a shared machine (the same code's ratio moved from
+    0.60 to 0.43 between two runs). Taking turns puts both in the same stretches, so their
+    ratio shows the code, not the moment. Calls go on numbering where their last turn
+    stopped, so no token is used twice.
+    """
+    measured = {name: Measured(LoadResult(concurrency, 0.0), CpuUse()) for name in calls}
+    for turn in range(turns):
+        order = list(calls) if turn % 2 == 0 else list(reversed(calls))
+        for name in order:
+            call, pids = calls[name]
+            made = len(measured[name].load.latencies_ms) + measured[name].load.errors
+            with cpu_meter({"load generator": os.getpid(), **pids}) as cpu:
+                run = await closed_loop(call, concurrency, seconds / turns, first=made)
+            measured[name].load.add(run)
+            measured[name].cpu.add(cpu)
+    return measured
 
 
 async def paced_load(
@@ -356,7 +426,7 @@ class Bench:
                     async with _spread_stubs(token_api.address, self.args.token_api_workers) as to:
                         await self._issue_throughput(to or [tokens], echo, uvloop_echo)
                 if "release" in sections:
-                    await self._release_latency(tokens, schedules, queue)
+                    await self._release_latency(tokens, schedules, echo)
                 if "to_active" in sections:
                     await self._issue_to_active(tokens, schedules, db)
                 if "drain" in sections:
@@ -388,16 +458,6 @@ class Bench:
         for concurrency in self.args.concurrency:
             schedule_id = random.randrange(10**9)
 
-            async def ceiling(
-                i: int, echo: token_service_pb2_grpc.TokenServiceAsyncStub = echo
-            ) -> Any:
-                return await echo.IssueToken(
-                    token_service_pb2.IssueTokenRequest(
-                        user_id=f"bench-user-{i:06d}", schedule_id=1
-                    ),
-                    timeout=10,
-                )
-
             async def issue(i: int, schedule_id: int = schedule_id) -> Any:
                 return await tokens[i % len(tokens)].IssueToken(
                     token_service_pb2.IssueTokenRequest(
@@ -407,28 +467,23 @@ class Bench:
                 )
 
             # CPU per call shows what bounds the ratio once both runs saturate the cores.
-            with cpu_meter({"load generator": os.getpid()}) as echo_cpu:
-                echo_run = await closed_loop(ceiling, concurrency, self.args.seconds)
-            with cpu_meter({"load generator": os.getpid(), **self.cpu_pids}) as issue_cpu:
-                issue_run = await closed_loop(issue, concurrency, self.args.seconds)
+            runs = await interleaved(
+                {"echo": (_echo_call(echo), {}), "issue": (issue, self.cpu_pids)},
+                concurrency,
+                self.args.seconds,
+                self.args.turns,
+            )
             level: dict[str, dict[str, Any]] = {
-                "echo": {
-                    **echo_run.summary(),
-                    "cpu_ms_per_call": echo_cpu.per_call_ms(len(echo_run.latencies_ms)),
-                },
-                "issue": {
-                    **issue_run.summary(),
-                    "cpu_ms_per_call": issue_cpu.per_call_ms(len(issue_run.latencies_ms)),
-                },
+                name: measured.figures() for name, measured in runs.items()
             }
             if concurrency == RUSH_CONCURRENCY:
                 same_loop = await closed_loop(
-                    functools.partial(ceiling, echo=uvloop_echo), concurrency, self.args.seconds
+                    _echo_call(uvloop_echo), concurrency, self.args.seconds
                 )
                 level["echo_uvloop"] = same_loop.summary()
             levels.append(level)
-            self.cdfs[f"echo c={concurrency}"] = echo_run.latencies_ms
-            self.cdfs[f"IssueToken c={concurrency}"] = issue_run.latencies_ms
+            self.cdfs[f"echo c={concurrency}"] = runs["echo"].load.latencies_ms
+            self.cdfs[f"IssueToken c={concurrency}"] = runs["issue"].load.latencies_ms
         self.results["issue_levels"] = levels
 
     async def _warm_up(self, tokens: token_service_pb2_grpc.TokenServiceAsyncStub) -> None:
@@ -464,23 +519,26 @@ class Bench:
         self,
         tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
         schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
-        queue: queue_status_service_pb2_grpc.QueueStatusServiceAsyncStub,
+        echo: token_service_pb2_grpc.TokenServiceAsyncStub,
     ) -> None:
         """CompleteToken at c=32 on ACTIVE tokens: releases refill slots, so at rush rate
         they bound admissions. Measured twice: with nobody waiting (a freed slot wakes
-        nobody), and with a line as long again, where each release admits the next."""
-        await self._complete_at_c32(tokens, schedules, waiting=False, key="complete")
-        await self._complete_at_c32(tokens, schedules, waiting=True, key="complete_refilling")
+        nobody), and with a line as long again, where each release admits the next. Each
+        takes turns with the echo baseline its p99 is compared with."""
+        for waiting, key in ((False, "complete"), (True, "complete_refilling")):
+            await self._complete_at_c32(tokens, schedules, echo, waiting=waiting, key=key)
 
     async def _complete_at_c32(
         self,
         tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
         schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
+        echo: token_service_pb2_grpc.TokenServiceAsyncStub,
         *,
         waiting: bool,
         key: str,
     ) -> None:
-        concurrency, count = 32, 8000
+        # More tokens than the fastest run completes, so that none is completed twice.
+        concurrency, count = RUSH_CONCURRENCY, 16000
         schedule_id = random.randrange(10**9)
         await self._set_capacity(schedules, schedule_id, count)
         async with Database(self.database_url, pool_size=2) as db:
@@ -495,14 +553,15 @@ class Bench:
             request = token_service_pb2.CompleteTokenRequest(token_id=ids[i % count])
             return await tokens.CompleteToken(request, timeout=10)
 
-        with cpu_meter({"load generator": os.getpid(), **self.cpu_pids}) as cpu:
-            run = await closed_loop(complete, concurrency, min(self.args.seconds, 5.0))
-        self.results[key] = {
-            **run.summary(),
-            "cpu_ms_per_call": cpu.per_call_ms(len(run.latencies_ms)),
-        }
+        runs = await interleaved(
+            {"complete": (complete, self.cpu_pids), "echo": (_echo_call(echo), {})},
+            concurrency,
+            min(self.args.seconds, 5.0),
+            self.args.turns,
+        )
+        self.results[key] = {**runs["complete"].figures(), "echo": runs["echo"].figures()}
         label = " refilling" if waiting else ""
-        self.cdfs[f"CompleteToken{label} c={concurrency}"] = run.latencies_ms
+        self.cdfs[f"CompleteToken{label} c={concurrency}"] = runs["complete"].load.latencies_ms
 
     async def _gate(
         self,
@@ -901,6 +960,16 @@ class Bench:
         }
 
 
+async def _topic_count(bootstrap: str) -> int:
+    """How many topics the broker holds besides its own (``__consumer_offsets``)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        return sum(1 for topic in await admin.list_topics() if not topic.startswith("__"))
+    finally:
+        await admin.close()
+
+
 async def _delete_topics(bootstrap: str, topics: list[str]) -> None:
     """Delete a run's own topics, so that a broker kept between runs does not grow by a few
     partitions a run (each stays a directory, and in every metadata answer)."""
@@ -960,9 +1029,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         if key in results:
             figures[f"{key}_p50_ms"] = results[key]["p50_ms"]
             figures[f"{key}_p99_ms"] = results[key]["p99_ms"]
-            if rush is not None:
-                over_echo = results[key]["p99_ms"] / rush["echo"]["p99_ms"]
-                figures[f"{key}_p99_over_echo"] = round(over_echo, 2)
+            # Against the echo it took turns with; results from before the turns, the rush's.
+            echo = results[key].get("echo") or (rush or {}).get("echo")
+            if echo is not None:
+                figures[f"{key}_p99_over_echo"] = round(results[key]["p99_ms"] / echo["p99_ms"], 2)
     if "to_active" in results:
         figures["to_active_p50_ms"] = results["to_active"]["p50_ms"]
         figures["to_active_p99_ms"] = results["to_active"]["p99_ms"]
@@ -1177,12 +1247,18 @@ def _lateness_ms(rows: list[tuple[datetime, datetime | None]]) -> dict[str, floa
 async def amain(args: argparse.Namespace) -> None:
     """Run every database and write the outputs."""
     port, data_dir = 29092, ROOT / ".run" / "kafka-bench"
+    if not is_listening(port):
+        # A broker the bench starts starts empty. Topics left by other runs (tests and
+        # experiments pointed at it) cost it CPU: with 3,600 partitions it used 4% of a
+        # core while idle, 1.5% once they were gone. ``broker_topics`` shows how many.
+        await asyncio.to_thread(shutil.rmtree, data_dir, True)
     started_broker = await asyncio.to_thread(start_broker, port, data_dir)
     bootstrap = f"127.0.0.1:{port}"
     benches: dict[str, Bench] = {}
     output: dict[str, Any] = {"cores": os.cpu_count(), "mode": "full" if args.full else "quick"}
     sqlite_path = ROOT / ".run" / f"bench-{secrets.token_hex(3)}.sqlite3"
     try:
+        output["broker_topics"] = await _topic_count(bootstrap)
         output["kafka_floor"] = await kafka_floor(bootstrap, 200)
         databases = {"sqlite": f"sqlite+aiosqlite:///{sqlite_path}"}
         if "postgres" in args.databases:
@@ -1219,6 +1295,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="1,000,000 pending for the status run")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=TURNS,
+        help="turns a target and its echo baseline take, each (1: one after the other)",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rate", type=float, default=200.0, help="issues/s for issue->ACTIVE")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgres"])
