@@ -144,6 +144,11 @@ class LoadResult:
         """Completed requests per second."""
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
 
+    @property
+    def calls(self) -> int:
+        """Calls made, answered or failed."""
+        return len(self.latencies_ms) + self.errors
+
     def add(self, other: LoadResult) -> None:
         """Count another run at the same concurrency in this one."""
         self.seconds += other.seconds
@@ -307,18 +312,18 @@ async def interleaved(
     their turns with the others' (in turn order, then reversed: ABBA), each with the CPU of
     the processes named beside it.
 
-    A target and its baseline measured one after the other, ten seconds each, were often
-    measured in different stretches of a shared machine (the same code's ratio moved from
-    0.60 to 0.43 between two runs). Taking turns puts both in the same stretches, so their
-    ratio shows the code, not the moment. Calls go on numbering where their last turn
-    stopped, so no token is used twice.
+    A target and its baseline measured one after the other, ten seconds each, could fall in
+    different stretches of a shared machine, whose speed moves by tens of percent. Taking
+    turns measures both in the same stretches. (It does not make the ratio independent of
+    the stretch: a slow one costs the services more than the echo server.) Calls go on
+    numbering where their last turn stopped, so no token is used twice.
     """
     measured = {name: Measured(LoadResult(concurrency, 0.0), CpuUse()) for name in calls}
     for turn in range(turns):
         order = list(calls) if turn % 2 == 0 else list(reversed(calls))
         for name in order:
             call, pids = calls[name]
-            made = len(measured[name].load.latencies_ms) + measured[name].load.errors
+            made = measured[name].load.calls
             with cpu_meter({"load generator": os.getpid(), **pids}) as cpu:
                 run = await closed_loop(call, concurrency, seconds / turns, first=made)
             measured[name].load.add(run)
@@ -515,7 +520,7 @@ class Bench:
                 # New users every step: a user's second issue is answered from the I5
                 # read without a produce, and would leave the broker's produce path cold.
                 step = await closed_loop(issue, 32, WARM_UP_STEP_SECONDS, first=issued)
-            issued += len(step.latencies_ms) + step.errors
+            issued += step.calls
             broker_ms.append(cpu.per_call_ms(len(step.latencies_ms)).get("broker", 0.0))
             compiling = (_compiler_seconds(broker) - compiled_before) / WARM_UP_STEP_SECONDS
             quiet_steps = quiet_steps + 1 if compiling < WARM_COMPILER_SHARE else 0
