@@ -40,6 +40,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from tools.redis_queue import redis_queue
 from tools.system import (
     ROOT,
     Cluster,
@@ -84,6 +85,11 @@ TARGETS = {
     # The same ratio against an echo server on uvloop, the services' own event loop: what
     # IssueToken costs over grpc.aio as the services run it (no target; see README).
     "issue_rps_ratio_same_loop": ("IssueToken rps / echo-on-uvloop rps, c=32", ">=", 0.0),
+    # Issue #9's competitor, a Redis sorted-set queue (tools/redis_queue.py), in turns with
+    # IssueToken and echo: the ratio #9 quotes for it, and IssueToken's rate against it.
+    "redis_rps_ratio": ("Redis queue rps / echo rps, c=32", ">=", 0.0),
+    "redis_p99_over_echo": ("Redis queue p99 / echo p99, c=32", "<=", float("inf")),
+    "issue_rps_over_redis": ("IssueToken rps / Redis queue rps, c=32", ">=", 0.0),
     "complete_p50_ms": ("CompleteToken p50 (ms), c=32", "<=", float("inf")),
     "complete_p99_ms": ("CompleteToken p99 (ms), c=32", "<=", float("inf")),
     "complete_p99_over_echo": ("CompleteToken p99 / echo p99, c=32", "<=", 2.0),
@@ -389,8 +395,10 @@ class Bench:
     pids: dict[str, int] = field(default_factory=dict)
     cpu_pids: dict[str, int] = field(default_factory=dict)
 
-    async def run(self, echo_address: str, uvloop_echo_address: str) -> dict[str, Any]:
-        """Every measurement on this database."""
+    async def run(
+        self, echo_address: str, uvloop_echo_address: str, redis: RedisBaseline | None
+    ) -> dict[str, Any]:
+        """Every measurement on this database (``redis``: the Redis queue, if installed)."""
         await asyncio.to_thread(migrate, self.database_url)
         cluster = Cluster(
             self.database_url,
@@ -429,7 +437,7 @@ class Bench:
                 await self._warm_up(tokens)
                 if "issue" in sections:
                     async with _spread_stubs(token_api.address, self.args.token_api_workers) as to:
-                        await self._issue_throughput(to or [tokens], echo, uvloop_echo)
+                        await self._issue_throughput(to or [tokens], echo, uvloop_echo, redis)
                 if "release" in sections:
                     await self._release_latency(tokens, schedules, echo)
                 if "to_active" in sections:
@@ -458,6 +466,7 @@ class Bench:
         tokens: list[token_service_pb2_grpc.TokenServiceAsyncStub],
         echo: token_service_pb2_grpc.TokenServiceAsyncStub,
         uvloop_echo: token_service_pb2_grpc.TokenServiceAsyncStub,
+        redis: RedisBaseline | None,
     ) -> None:
         levels = []
         for concurrency in self.args.concurrency:
@@ -472,8 +481,11 @@ class Bench:
                 )
 
             # CPU per call shows what bounds the ratio once both runs saturate the cores.
+            calls = {"echo": (_echo_call(echo), {}), "issue": (issue, self.cpu_pids)}
+            if redis is not None and concurrency == RUSH_CONCURRENCY:
+                calls["redis"] = (redis.call(schedule_id), redis.pids)
             runs = await interleaved(
-                {"echo": (_echo_call(echo), {}), "issue": (issue, self.cpu_pids)},
+                calls,
                 concurrency,
                 self.args.seconds,
                 self.args.turns,
@@ -1037,6 +1049,12 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         if "echo_uvloop" in rush:
             same_loop = rush["issue"]["rps"] / rush["echo_uvloop"]["rps"]
             figures["issue_rps_ratio_same_loop"] = round(same_loop, 3)
+        if "redis" in rush:
+            figures["redis_rps_ratio"] = round(rush["redis"]["rps"] / rush["echo"]["rps"], 3)
+            figures["redis_p99_over_echo"] = round(
+                rush["redis"]["p99_ms"] / rush["echo"]["p99_ms"], 2
+            )
+            figures["issue_rps_over_redis"] = round(rush["issue"]["rps"] / rush["redis"]["rps"], 3)
     for key in ("complete", "complete_refilling"):
         if key in results:
             figures[f"{key}_p50_ms"] = results[key]["p50_ms"]
@@ -1108,6 +1126,14 @@ def print_table(name: str, results: dict[str, Any]) -> None:
             f"{cpu:>19}"
         )
     print("(cpu/call: the whole machine's CPU per completed call, echo -> IssueToken)")
+    for level in results.get("issue_levels", []):
+        if "redis" in level:
+            redis, echo = level["redis"], level["echo"]
+            print(
+                f"Redis queue, c={redis['concurrency']}: {redis['rps']:.0f} rps"
+                f" ({redis['rps'] / echo['rps']:.2f} of echo), p99 {redis['p99_ms']:.1f} ms,"
+                f" cpu/call {_machine_ms(redis):.2f} ms"
+            )
     for level in results.get("issue_levels", [])[-1:]:
         shares = level["issue"].get("cpu_ms_per_call", {})
         print("IssueToken CPU ms per call: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
@@ -1174,6 +1200,41 @@ def echo_server(event_loop: str = "asyncio") -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@dataclass
+class RedisBaseline:
+    """The Redis sorted-set queue of tools.redis_queue: its address and processes."""
+
+    channel: grpc.aio.Channel
+    pids: dict[str, int]
+
+    def call(self, schedule_id: int) -> Callable[[int], Awaitable[Any]]:
+        """IssueToken on the Redis queue, for new users in ``schedule_id``."""
+        stub = token_service_pb2_grpc.TokenServiceStub(self.channel)
+
+        async def issue(i: int) -> Any:
+            request = token_service_pb2.IssueTokenRequest(
+                user_id=f"bench-user-{i:06d}", schedule_id=schedule_id
+            )
+            return await stub.IssueToken(request, timeout=10)
+
+        return issue
+
+
+@contextlib.asynccontextmanager
+async def redis_baseline(wanted: bool) -> AsyncIterator[RedisBaseline | None]:
+    """The Redis queue for the life of the block; None if not wanted or not installed."""
+    if not wanted:
+        yield None
+        return
+    with redis_queue() as started:
+        if started is None:
+            yield None
+            return
+        address, (server, store) = started
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield RedisBaseline(channel, {"redis queue": server, "redis-server": store})
 
 
 def postgres_url() -> str | None:
@@ -1278,11 +1339,14 @@ async def amain(args: argparse.Namespace) -> None:
             else:
                 print("bench: PostgreSQL could not be started (see above); measuring SQLite only")
         with echo_server() as echo_address, echo_server("uvloop") as uvloop_echo_address:
-            for name, url in databases.items():
-                if name.startswith(tuple(args.databases)):
-                    benches[name] = Bench(args, name, url, bootstrap)
-                    output[name] = await benches[name].run(echo_address, uvloop_echo_address)
-                    output[name]["ratios"] = ratios(output[name])
+            async with redis_baseline("issue" in args.sections and not args.no_redis) as redis:
+                for name, url in databases.items():
+                    if name.startswith(tuple(args.databases)):
+                        benches[name] = Bench(args, name, url, bootstrap)
+                        output[name] = await benches[name].run(
+                            echo_address, uvloop_echo_address, redis
+                        )
+                        output[name]["ratios"] = ratios(output[name])
     finally:
         for leftover in sqlite_path.parent.glob(f"{sqlite_path.name}*"):  # with -wal and -shm
             leftover.unlink()
@@ -1319,6 +1383,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=150.0,
         help="most seconds of issue load before measuring (until the broker's JIT is quiet)",
+    )
+    parser.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="leave out the Redis queue baseline (measured when redis-server is installed)",
     )
     parser.add_argument(
         "--token-api-workers", type=int, default=1, help="TOKEN_API_WORKERS of token_api"
