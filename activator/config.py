@@ -45,7 +45,8 @@ class ActivatorSettings(CommonSettings):
     batch_linger_ms: int = setting(
         "BATCH_LINGER_MS",
         60,
-        "under a rush (a consumer batch of 16 records or more), how long it waits for more "
+        "under a rush (a consumer batch of 16 records or more, come at 500 records/s or "
+        "faster), how long it waits for more "
         "before it is applied: fewer, bigger transactions, at that much admission latency "
         "while the rush lasts (0: never wait)",
         non_negative,

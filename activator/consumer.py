@@ -137,13 +137,13 @@ class _Linger:
     activator CPU on SQLite, most of it fixed, and as much again of the other core's time
     under load. In a rush the fetcher hands over a few dozen records at a time, so that fixed
     cost was most of the activator's CPU, taken from token_api on a small machine. A rush is
-    a batch of ``RUSH_RECORDS`` or more that came at ``RUSH_RATE`` records a second or faster
-    (counted since the previous batch was taken): it waits ``seconds`` (BATCH_LINGER_MS), and takes
-    what arrived meanwhile. Anything else (a steady trickle, the first records after a quiet
-    spell, the backlog of a slow commit at a moderate rate) is applied at once, so it keeps
-    its admission latency. The rate matters: by size alone, at 200 issues a second a
-    60 ms wait and a 20 ms PostgreSQL commit made every batch 16 records, so every batch
-    waited, and issue->ACTIVE took 19-21 ms (p50) instead of 14-16.
+    a batch of ``RUSH_RECORDS`` or more that came at ``RUSH_RATE`` records a second or
+    faster (counted since the previous batch was taken): it waits ``seconds``
+    (BATCH_LINGER_MS), and takes what arrived meanwhile. Anything else (a steady trickle,
+    the first records after a quiet spell, the backlog of a slow commit at a moderate rate)
+    is applied at once, so it keeps its admission latency. The rate matters: by size alone,
+    at 200 issues a second a 60 ms wait and a 20 ms PostgreSQL commit made every batch 16
+    records, so every batch waited, and issue->ACTIVE took 19-21 ms (p50) instead of 14-16.
     """
 
     RUSH_RECORDS = 16

@@ -1204,7 +1204,7 @@ def echo_server(event_loop: str = "asyncio") -> Iterator[str]:
 
 @dataclass
 class RedisBaseline:
-    """The Redis sorted-set queue of tools.redis_queue: its address and processes."""
+    """The Redis sorted-set queue of tools.redis_queue: a channel to it, and its processes."""
 
     channel: grpc.aio.Channel
     pids: dict[str, int]
