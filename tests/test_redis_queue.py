@@ -3,7 +3,6 @@ does: one live token per user and schedule, FIFO positions, the head admitted.""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ import grpc
 import pytest
 
 from tests.conftest import unavailable
+from tests.helpers import eventually
 from tools.redis_queue import redis_queue
 from waiting.v1 import token_pb2, token_service_pb2, token_service_pb2_grpc
 
@@ -66,8 +66,11 @@ async def test_redis_queue_refuses_a_request_without_user_or_schedule(
 async def test_redis_queue_admits_the_head_of_the_line() -> None:
     async with _queue(capacity=1) as stub:
         first, second = await _issue(stub, "ann"), await _issue(stub, "bob")
-        await asyncio.sleep(0.5)  # the scheduler admits every 100 ms
 
+        async def ann_admitted() -> bool:  # the scheduler admits every 100 ms
+            return (await _issue(stub, "ann")).status == token_pb2.TOKEN_STATUS_ACTIVE
+
+        await eventually(ann_admitted, timeout=5)
         admitted, waiting = await _issue(stub, "ann"), await _issue(stub, "bob")
 
     assert (admitted.token_id, admitted.status) == (first.token_id, token_pb2.TOKEN_STATUS_ACTIVE)
