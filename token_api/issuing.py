@@ -12,7 +12,8 @@ One task takes every request that is waiting and, for the whole group:
 
 The activator that owns the partition then places the tokens in line in log order, drops
 duplicates and admits. One group is in flight at a time (MAX_IN_FLIGHT): while it waits
-for its acknowledgement, the calls that arrive gather into the next. A call that gets no
+for its acknowledgement, the calls that arrive gather into the next, and under a rush the
+next lingers up to ISSUE_LINGER_MS for more (``waiting_core.grouping``). A call that gets no
 acknowledgement within its timeout fails with UNAVAILABLE; its event may still arrive, and
 a retry derives the same id, so nothing is doubled.
 """
@@ -33,6 +34,7 @@ from waiting_core.database import Database
 from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.errors import Unavailable
 from waiting_core.events import Topics, create_token_record
+from waiting_core.grouping import CallGroups
 from waiting_core.held_tokens import HeldTokens
 from waiting_core.identity import TokenIdSource
 from waiting_core.messages import token_to_proto, unplaced_token_to_proto
@@ -81,13 +83,14 @@ class IssueBatcher(BackgroundWorker):
         ids: TokenIdSource,
         producer: LazyProducer,
         topics: Topics,
+        linger_seconds: float = 0.0,
     ) -> None:
         self._database = database
         self._held = held
         self._ids = ids
         self._producer = producer
         self._topics = topics
-        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._calls: CallGroups[_Request] = CallGroups(linger_seconds, MAX_BATCH)
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._acks: set[asyncio.Task[None]] = set()
         super().__init__()
@@ -96,7 +99,7 @@ class IssueBatcher(BackgroundWorker):
         """The user's live token for the schedule, or a new one once the log has it."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[token_pb2.Token] = loop.create_future()
-        self._queue.put_nowait(_Request(user_id, schedule_id, answer))
+        self._calls.put(_Request(user_id, schedule_id, answer))
         # A bare timer, not asyncio.timeout: a quarter of its CPU, on every call.
         expiry = loop.call_later(wait_seconds, _expire, answer, wait_seconds)
         try:
@@ -113,11 +116,8 @@ class IssueBatcher(BackgroundWorker):
 
     async def _run(self) -> None:
         while True:
-            requests = [await self._queue.get()]
-            while len(requests) < MAX_BATCH and not self._queue.empty():
-                requests.append(self._queue.get_nowait())
             await self._in_flight.acquire()
-            group = _Group(requests)
+            group = _Group(await self._calls.next_group())
             try:
                 deliveries = await self._read_and_send(group)
             except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map

@@ -71,7 +71,12 @@ class TokenApi(serving.GrpcService):
         # The issue path's read and the token lookup, outside the ORM (raw_reads).
         self.raw_reads = raw_reads_for(settings.database_url)
         self.batcher = IssueBatcher(
-            self.database, HeldTokens(self.raw_reads), self.ids, producer, topics
+            self.database,
+            HeldTokens(self.raw_reads),
+            self.ids,
+            producer,
+            topics,
+            linger_seconds=settings.issue_linger_ms / 1000,
         )
         # Each group of releases is one plain-SQL transaction (releases).
         self.release_store = release_store_for(settings.database_url)
