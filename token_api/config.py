@@ -40,11 +40,12 @@ class TokenApiSettings(CommonSettings):
         "(a shorter client deadline wins)",
         positive,
     )
-    issue_linger_ms: float = setting(
-        "ISSUE_LINGER_MS",
+    group_linger_ms: float = setting(
+        "GROUP_LINGER_MS",
         2.0,
-        "under a rush (the previous group had 4 or more IssueToken calls), how long the next "
-        "group may wait for more: fewer, bigger produce requests; 0 never waits",
+        "under a rush (the previous group had 4 or more IssueToken calls, or releases), how "
+        "long the next group may wait for more: fewer reads, produce requests and "
+        "transactions; 0 never waits",
         non_negative,
     )
     workers: int = setting(

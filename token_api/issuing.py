@@ -13,7 +13,7 @@ One task takes every request that is waiting and, for the whole group:
 The activator that owns the partition then places the tokens in line in log order, drops
 duplicates and admits. One group is in flight at a time (MAX_IN_FLIGHT): while it waits
 for its acknowledgement, the calls that arrive gather into the next, and under a rush the
-next lingers up to ISSUE_LINGER_MS for more (``waiting_core.grouping``). A call that gets no
+next lingers up to GROUP_LINGER_MS for more (``waiting_core.grouping``). A call that gets no
 acknowledgement within its timeout fails with UNAVAILABLE; its event may still arrive, and
 a retry derives the same id, so nothing is doubled.
 """
@@ -118,6 +118,7 @@ class IssueBatcher(BackgroundWorker):
         while True:
             await self._in_flight.acquire()
             group = _Group(await self._calls.next_group())
+            metrics.ISSUE_GROUP.observe(len(group.requests))
             try:
                 deliveries = await self._read_and_send(group)
             except Exception as exc:  # noqa: BLE001 - every caller gets the failure to map

@@ -7,7 +7,8 @@ schedule that got a slot back while someone waits in its line in its outbox, and
 each caller. A slot freed in a schedule nobody waits in wakes nobody: the activator has
 nothing to admit there, and a token still on its way through the log is placed under the
 schedule's lock after this group, where it sees the free slot. A request's own
-error (an unknown id, a move the lifecycle forbids) goes to that caller alone.
+error (an unknown id, a move the lifecycle forbids) goes to that caller alone. Under a
+rush a group lingers up to GROUP_LINGER_MS for more releases (``waiting_core.grouping``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from waiting_core.clock import utc_now
 from waiting_core.domain import TokenStatus
 from waiting_core.errors import DomainError
 from waiting_core.events import Topics, slots_freed_row, state_changed_rows
+from waiting_core.grouping import CallGroups
 from waiting_core.models import AnyToken, OutboxEvent
 from waiting_core.outbox import OutboxRelay
 from waiting_core.releases import ReleaseStore
@@ -43,24 +45,28 @@ class ReleaseBatcher(BackgroundWorker):
 
     name = "release-batcher"
 
-    def __init__(self, store: ReleaseStore, relay: OutboxRelay, topics: Topics) -> None:
+    def __init__(
+        self,
+        store: ReleaseStore,
+        relay: OutboxRelay,
+        topics: Topics,
+        linger_seconds: float = 0.0,
+    ) -> None:
         self._store = store
         self._relay = relay
         self._topics = topics
-        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._calls: CallGroups[_Request] = CallGroups(linger_seconds, MAX_BATCH)
         super().__init__()
 
     async def release(self, token_id: str, target: TokenStatus) -> AnyToken:
         """Move the token to ``target`` (COMPLETED or CANCELLED); the token after it."""
         answer: asyncio.Future[AnyToken] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(token_id, target, answer))
+        self._calls.put(_Request(token_id, target, answer))
         return await asyncio.shield(answer)
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = await self._calls.next_group()
             await asyncio.shield(self._write(batch))
 
     async def _write(self, batch: list[_Request]) -> None:

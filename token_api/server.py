@@ -76,11 +76,16 @@ class TokenApi(serving.GrpcService):
             self.ids,
             producer,
             topics,
-            linger_seconds=settings.issue_linger_ms / 1000,
+            linger_seconds=settings.group_linger_ms / 1000,
         )
         # Each group of releases is one plain-SQL transaction (releases).
         self.release_store = release_store_for(settings.database_url)
-        self.releaser = ReleaseBatcher(self.release_store, self.relay, topics)
+        self.releaser = ReleaseBatcher(
+            self.release_store,
+            self.relay,
+            topics,
+            linger_seconds=settings.group_linger_ms / 1000,
+        )
         self.seen = SeenTokens(self.database)
         server = serving.new_server(reuse_port=settings.reuse_port)
         add_servicer(

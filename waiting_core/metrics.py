@@ -34,6 +34,11 @@ CONSUMER_BATCH = Histogram(
     "Records applied per consumer batch (one transaction and one offset commit each)",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )
+ISSUE_GROUP = Histogram(
+    "waiting_issue_group_calls",
+    "IssueToken calls per group (one read and one produce request each)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500),
+)
 OUTBOX_BACKLOG = Gauge("waiting_outbox_backlog", "Outbox events not yet published")
 RPCS = Counter("grpc_server_handled_total", "RPCs completed", ["method", "code"])
 RPC_SECONDS = Histogram(
