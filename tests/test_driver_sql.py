@@ -14,6 +14,11 @@ from waiting_core.domain import NewToken, ScheduleSettings, TokenStatus
 from waiting_core.models import OutboxEvent, OutboxRow, ScheduleRow
 
 MOMENT = datetime(2026, 11, 27, 3, 4, 5, 678901, tzinfo=UTC)
+# A schedule's moments must be still to come: the session's activator shares the database,
+# and a schedule whose next_due_at has passed is due, so it may settle it (and clear its
+# next_due_at) between this test's write and its reads. With MOMENT's that test failed
+# once the day had gone by.
+FUTURE = datetime(2126, 11, 27, 3, 4, 5, 678901, tzinfo=UTC)
 
 
 async def test_a_missing_schedule_is_created_with_the_defaults(
@@ -128,7 +133,7 @@ async def test_driver_statements_roll_back_with_the_session(
 
 
 def _moments(count: int, start: int = 0) -> list[datetime]:
-    return [MOMENT + timedelta(minutes=start + n) for n in range(count)]
+    return [FUTURE + timedelta(minutes=start + n) for n in range(count)]
 
 
 def _columns(row: ScheduleRow) -> dict[str, object]:
