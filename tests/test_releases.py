@@ -135,3 +135,30 @@ async def test_a_freed_slot_wakes_the_activator_only_where_someone_waits(
 
 def _request(request: tuple[str, TokenStatus]) -> _Request:
     return _Request(*request, answer=asyncio.get_running_loop().create_future())
+
+
+async def test_the_relay_deletes_published_rows_on_the_release_writer(
+    database_url: str, schedule_id: int
+) -> None:
+    """The relay's deletes go through the release store's own writer (``delete_published``):
+    exactly the ids given, whatever their number (one parameter, no bound per statement)."""
+    now = datetime.now(UTC)
+    topics = Topics(origin="test-delete-published", waiting="t")
+    store = release_store_for(database_url)
+    await store.start()
+    try:
+        _, events = await store.apply(
+            [],
+            now,
+            lambda *_: [slots_freed_row(topics, schedule_id, "test", now) for _ in range(1500)],
+        )
+        ids = [event.id for event in events if event.id is not None]
+        await store.delete_published(ids[:1200])
+        await store.delete_published([])
+    finally:
+        await store.stop()
+    async with Database(database_url) as database, database.transaction() as session:
+        left = (
+            await session.execute(select(OutboxRow.id).where(OutboxRow.origin == topics.origin))
+        ).scalars()
+        assert set(left) == set(ids[1200:])

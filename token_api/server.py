@@ -51,6 +51,9 @@ class TokenApi(serving.GrpcService):
             replication=settings.topic_replication_factor,
         )
         self.database = Database(settings.database_url, pool_size=settings.database_pool_size)
+        # Each group of releases is one plain-SQL transaction (releases); the relay's
+        # deletes queue on the same writer.
+        self.release_store = release_store_for(settings.database_url)
         self.relay = OutboxRelay(
             self.database,
             settings.kafka_bootstrap,
@@ -58,6 +61,7 @@ class TokenApi(serving.GrpcService):
             linger_ms=settings.producer_linger_ms,
             topics=topics,
             partitions=settings.topic_partitions,
+            delete_published=self.release_store.delete_published,
         )
         self.ids = TokenIdSource(self.database)
         self.keys = SigningKeys(self.database, key_config(settings))
@@ -78,8 +82,6 @@ class TokenApi(serving.GrpcService):
             topics,
             linger_seconds=settings.group_linger_ms / 1000,
         )
-        # Each group of releases is one plain-SQL transaction (releases).
-        self.release_store = release_store_for(settings.database_url)
         self.releaser = ReleaseBatcher(
             self.release_store,
             self.relay,

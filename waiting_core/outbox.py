@@ -12,7 +12,9 @@ event carries an ``event_id`` for the repeats a crash may still cause.
 Rows are deleted only after the broker acknowledged them (``acks=all``, idempotent producer),
 so an event is never lost. Acknowledged ids are deleted in one statement every
 ``delete_interval`` instead of one transaction per publish; a crash before that delete sends
-those events again, which consumers tolerate (at-least-once).
+those events again, which consumers tolerate (at-least-once). A service with a writer of its
+own for its hot writes passes ``delete_published`` so that the deletes queue on that writer
+instead of contending with it for the store's write lock (``waiting_core.releases``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -40,6 +42,7 @@ from waiting_core.worker import BackgroundWorker
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
+DeletePublished = Callable[[Sequence[int]], Awaitable[None]]
 SCAN_MIN_AGE = timedelta(seconds=3)
 
 
@@ -79,8 +82,10 @@ class OutboxRelay(BackgroundWorker):
         poll_interval: float = 1.0,
         linger_ms: int = 0,
         delete_interval: float = 0.1,
+        delete_published: DeletePublished | None = None,
     ) -> None:
         self._database = database
+        self._delete_published = delete_published or self._delete_in_session
         self._poll_interval = poll_interval
         self._delete_interval = delete_interval
         self._topics = topics
@@ -211,12 +216,12 @@ class OutboxRelay(BackgroundWorker):
     async def _delete_acked(self) -> None:
         if not self._acked:
             return
-        async with self._database.transaction() as session:
-            for start in range(0, len(self._acked), BATCH_SIZE):
-                await repository.delete_outbox_events(
-                    session, self._acked[start : start + BATCH_SIZE]
-                )
+        await self._delete_published(self._acked)
         self._acked = []
+
+    async def _delete_in_session(self, ids: Sequence[int]) -> None:
+        async with self._database.transaction() as session:
+            await repository.delete_outbox_events(session, ids)
 
 
 def _describe(exc: BaseException) -> str:

@@ -106,3 +106,8 @@ async def _insert_outbox_rows(connection: Connection, rows: Sequence[OutboxEvent
     await connection.execute(
         repository.INSERT_OUTBOX.postgresql, new_ids, *repository.outbox_arrays(rows, _TIME)
     )
+
+
+async def delete_published(connection: Connection, ids: Sequence[int]) -> None:
+    """Drop outbox rows the broker has acknowledged (the relay's deletes, on this writer)."""
+    await connection.execute(repository.DELETE_OUTBOX.postgresql, list(ids))

@@ -853,9 +853,11 @@ async def oldest_outbox_events(
 
 
 async def delete_outbox_events(session: AsyncSession, ids: Sequence[int]) -> None:
-    """Drop published events; the outbox holds only what is still to be sent."""
+    """Drop published events; the outbox holds only what is still to be sent. One statement
+    on the driver, with the ids as one parameter (``DELETE_OUTBOX``)."""
     if ids:
-        await _core(session, _OUTBOX.delete().where(_OUTBOX.c.id.in_(ids)))
+        driver = await driver_sql(session)
+        await driver.fetch(DELETE_OUTBOX, driver.values(ids))
 
 
 # --- sweeps ------------------------------------------------------------------------------
@@ -1255,6 +1257,11 @@ INSERT_OUTBOX = DialectSql(
 )
 LAST_OUTBOX_ID = DialectSql(
     sqlite="SELECT seq FROM sqlite_sequence WHERE name = 'outbox'", postgresql=""
+)
+# Published rows, by id, for the relay (the session's driver here, the release writers).
+DELETE_OUTBOX = DialectSql(
+    sqlite="DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
+    postgresql="DELETE FROM outbox WHERE id = ANY($1::bigint[])",
 )
 NEW_OUTBOX_IDS = DialectSql(
     sqlite="",

@@ -92,3 +92,8 @@ def _insert_outbox_rows(connection: sqlite3.Connection, rows: Sequence[OutboxEve
     (last,) = connection.execute(repository.LAST_OUTBOX_ID.sqlite).fetchone()
     for row, row_id in zip(rows, repository.sqlite_outbox_ids(last, len(rows)), strict=True):
         row.id = row_id
+
+
+def delete_published(connection: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """Drop outbox rows the broker has acknowledged (the relay's deletes, on this writer)."""
+    connection.execute(repository.DELETE_OUTBOX.sqlite, (json.dumps(list(ids)),))
