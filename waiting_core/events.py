@@ -165,7 +165,15 @@ def _new_token(event: events_pb2.CreateTokenEvent) -> NewToken:
     return NewToken(token_id, user_id, event.schedule_id, event.issued_at.ToDatetime(UTC))
 
 
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+def is_slots_freed(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    """Is this ``waiting-token`` record a SlotsFreedEvent (by its event-type header)?"""
+    return _header(headers, EVENT_TYPE_HEADER) == _SLOTS_FREED
+
+
+_SLOTS_FREED = events_pb2.SlotsFreedEvent.DESCRIPTOR.full_name
+
+
+def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
     for key, raw in headers or []:
         if key == name:
             return raw.decode("utf-8", "replace")
