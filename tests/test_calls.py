@@ -84,9 +84,11 @@ async def test_the_callers_request_id_is_bound_for_the_call(served: Served) -> N
     stub, _ = served
     given = await _issue(stub, "u", ("x-request-id", "req-7"))
     made_up = await _issue(stub, "u")
+    made_up_next = await _issue(stub, "u")
 
     assert given.token.token_id == "req-7"
     assert len(made_up.token.token_id) == 16
+    assert made_up_next.token.token_id != made_up.token.token_id
 
 
 async def test_domain_errors_get_their_code_and_others_internal(served: Served) -> None:

@@ -162,3 +162,38 @@ async def test_the_relay_deletes_published_rows_on_the_release_writer(
             await session.execute(select(OutboxRow.id).where(OutboxRow.origin == topics.origin))
         ).scalars()
         assert set(left) == set(ids[1200:])
+
+
+async def test_a_caller_that_goes_away_leaves_its_release_applied_and_the_next_served(
+    database_url: str, schedule_id: int
+) -> None:
+    now = datetime.now(UTC)
+    async with Database(database_url) as database:
+        async with database.transaction() as session:
+            gone, staying = await load_pending(session, schedule_id, 2, now)
+            schedule = await repository.lock_schedule(session, schedule_id)
+            schedule.active_count, schedule.pending_count = 0, 2
+        store = release_store_for(database_url)
+        topics = Topics(origin="test-releases", waiting="t")
+        relay = OutboxRelay(database, "", topics=topics, partitions=1)
+        releaser = ReleaseBatcher(store, relay, topics)
+        await store.start()
+        await releaser.start()
+        try:
+            caller = asyncio.create_task(releaser.release(gone, TokenStatus.CANCELLED))
+            await asyncio.sleep(0)  # its request is in line
+            caller.cancel()
+            # A group that broke on the cancelled answer would never serve the next call.
+            served = await asyncio.wait_for(
+                releaser.release(staying, TokenStatus.CANCELLED), timeout=60
+            )
+        finally:
+            await releaser.stop()
+            await store.stop()
+        async with database.transaction(read_only=True) as session:
+            left_behind = await repository.get_token(session, gone)
+
+    assert caller.cancelled()
+    assert served.status == TokenStatus.CANCELLED
+    assert left_behind is not None
+    assert left_behind.status == TokenStatus.CANCELLED
