@@ -172,8 +172,8 @@ class _Linger:
         since, self._previous = now - self._previous, now
         if self._seconds <= 0:
             return False
-        self._wait = self._seconds
         if _size(batch) >= max(self.RUSH_RECORDS, self.RUSH_RATE * since):
+            self._wait = self._seconds
             return True
         self._wait = min(self._seconds, self.FREED_LINGER)
         return since < self.FREED_RUSH_GAP and _frees_slots(batch)

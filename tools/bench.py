@@ -583,8 +583,8 @@ class Bench:
             request = token_service_pb2.CompleteTokenRequest(token_id=ids[i % count])
             return await tokens.CompleteToken(request, timeout=10)
 
-        measured = count - WARM_UP_TOKENS  # calls numbered from 0 never reach the warm-up's
-        await closed_loop(complete, concurrency, WARM_UP_SECONDS, first=measured)
+        # The measured calls are numbered from 0 and never reach the warm-up's tokens.
+        await closed_loop(complete, concurrency, WARM_UP_SECONDS, first=count - WARM_UP_TOKENS)
         runs = await interleaved(
             {"complete": (complete, self.cpu_pids), "echo": (_echo_call(echo), {})},
             concurrency,
