@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from activator.passes_ahead import NO_PASSES_AHEAD, PassesAhead, mint_ahead
 from waiting_core import domain, metrics, prequeue, repository
 from waiting_core.clock import utc_now
+from waiting_core.database import Database
 from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.events import Topics, state_changed_rows
 from waiting_core.models import AnyToken, ScheduleRow
@@ -26,6 +28,9 @@ from waiting_core.signing_keys import SigningKeys
 # Schedules settled in one transaction: enough to share the commit, few enough that the
 # locks (on SQLite, the one write lock) are not held for long.
 SETTLE_BATCH = 100
+# Admissions a settle after freed slots expects before it mints their passes ahead of its
+# locks (``passes_ahead``): fewer cost less to sign under the locks than the read ahead.
+MINT_AHEAD_FROM = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +64,12 @@ class Admitter:
         topics: Topics,
         keys: SigningKeys,
         on_change: Callable[[Settlement], None] | None = None,
+        reads: Database | None = None,
     ) -> None:
         self._relay = relay
         self._topics = topics
         self._keys = keys
+        self._reads = reads  # for the reads ahead of a settle (passes_ahead); None: none
         self._listeners: list[Callable[[Settlement], None]] = [on_change] if on_change else []
         self._due_watchers: list[Callable[[Settlement], None]] = []
 
@@ -86,6 +93,7 @@ class Admitter:
         self,
         schedule_ids: Iterable[int],
         newcomers: Mapping[int, Sequence[NewToken]] | None = None,
+        freed: Collection[int] = (),
     ) -> list[Settlement]:
         """Settle the schedules, up to SETTLE_BATCH of them per transaction, in id order.
 
@@ -107,20 +115,47 @@ class Admitter:
         Running it twice, or from two activators at once, admits nobody twice and never
         exceeds capacity (I1, I4): the row locks serialise the counts and the updates, and
         only PENDING rows can become ACTIVE. Admission takes the oldest first (I2).
+
+        For the schedules in ``freed`` (slots were freed in them), the passes of the tokens
+        expected to be admitted are minted before the transaction (``passes_ahead``).
         """
         ids = sorted(set(schedule_ids))
         settlements: list[Settlement] = []
         for start in range(0, len(ids), SETTLE_BATCH):
             chunk = ids[start : start + SETTLE_BATCH]
             arriving = [t for i in chunk for t in (newcomers or {}).get(i, ())]
+            ahead = await self._mint_ahead([i for i in chunk if i in freed])
             async with self._relay.transaction() as tx:
-                batch = await self._settle_locked(tx, chunk, arriving)
+                batch = await self._settle_locked(tx, chunk, arriving, ahead)
             self._report(batch)
             settlements += batch
         return settlements
 
+    async def _mint_ahead(self, schedule_ids: Sequence[int]) -> PassesAhead:
+        """The passes of the tokens these schedules' lines would admit now, as read
+        unlocked; none when that is fewer than MINT_AHEAD_FROM or no key is known yet."""
+        signer = self._keys.cached_signer()
+        if not schedule_ids or signer is None or self._reads is None:
+            return NO_PASSES_AHEAD
+        now = utc_now()
+        async with self._reads.transaction(read_only=True) as session:
+            schedules = await repository.read_schedule_states(session, schedule_ids)
+            limits = {
+                s.schedule_id: _admissions_now(s, now)
+                for s in schedules
+                if _opening(s, now) is None  # a draw decides who goes first
+            }
+            if sum(limits.values()) < MINT_AHEAD_FROM:
+                return NO_PASSES_AHEAD
+            tokens = await repository.oldest_pending(session, limits)
+        return mint_ahead(signer, tokens, {s.schedule_id: s for s in schedules}, now)
+
     async def _settle_locked(
-        self, tx: OutboxTransaction, schedule_ids: Sequence[int], newcomers: Sequence[NewToken]
+        self,
+        tx: OutboxTransaction,
+        schedule_ids: Sequence[int],
+        newcomers: Sequence[NewToken],
+        ahead: PassesAhead = NO_PASSES_AHEAD,
     ) -> list[Settlement]:
         session = tx.session
         schedules = await repository.lock_schedule_states(session, schedule_ids)
@@ -146,7 +181,7 @@ class Admitter:
         abandoned = _by_schedule(await repository.abandon_stale_pending(session, due, now))
         limits = {schedule: _admissions_now(schedule, now) for schedule in schedules}
         admitted_rows = await repository.admit_oldest(
-            session, limits, now, lambda: self._keys.signer(session), by_draw
+            session, limits, now, lambda: self._signer(session, ahead), by_draw
         )
         admitted = _by_schedule([*placement.admitted, *admitted_rows])
         for schedule in schedules:
@@ -185,6 +220,9 @@ class Admitter:
             )
             for schedule in schedules
         ]
+
+    async def _signer(self, session: AsyncSession, ahead: PassesAhead) -> repository.PassSigner:
+        return ahead.signer(await self._keys.signer(session))
 
     async def _on_arrival(
         self, session: AsyncSession, schedules: Sequence[ScheduleRow], now: datetime

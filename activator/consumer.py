@@ -356,6 +356,7 @@ class AdmissionConsumer:
     async def _apply_and_commit(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         by_schedule: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
         newcomers: dict[int, list[NewToken]] = defaultdict(list)
+        freed: set[int] = set()
         for records in batch.values():
             for record in records:  # in log order: a schedule's records share a partition
                 try:
@@ -366,7 +367,9 @@ class AdmissionConsumer:
                 by_schedule[schedule_id].append(record)
                 if token is not None:
                     newcomers[schedule_id].append(token)
-        await self._settle_batch(by_schedule, newcomers)
+                elif is_slots_freed(record.headers):
+                    freed.add(schedule_id)
+        await self._settle_batch(by_schedule, newcomers, freed)
         metrics.CONSUMER_BATCH.observe(_size(batch))
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         for tp, next_offset in offsets.items():
@@ -379,6 +382,7 @@ class AdmissionConsumer:
         self,
         by_schedule: dict[int, list[ConsumerRecord[bytes, bytes]]],
         newcomers: dict[int, list[NewToken]],
+        freed: set[int],
     ) -> None:
         """Settle every schedule the batch names, sharing transactions; retry while the
         database is unavailable. Any other failure falls back to one schedule at a time, so
@@ -386,7 +390,7 @@ class AdmissionConsumer:
         attempt = 0
         while True:
             try:
-                await self._admitter.settle_many(by_schedule, newcomers)
+                await self._admitter.settle_many(by_schedule, newcomers, freed)
                 return
             except Unavailable as exc:
                 attempt += 1

@@ -63,7 +63,7 @@ class Activator(serving.GrpcService):
         self.ids = TokenIdSource(self.database)
         self.hub = WatchHub(self.read_database, self.seen, self.ids)
         self.keys = SigningKeys(self.database, key_config(settings))
-        self.admitter = Admitter(self.relay, topics, self.keys)
+        self.admitter = Admitter(self.relay, topics, self.keys, reads=self.read_database)
         self.admitter.subscribe(self.hub.on_settlement)
         self.admitter.subscribe(record_metrics)
         self.consumer = AdmissionConsumer(settings, self.admitter, topics)

@@ -183,6 +183,10 @@ _LOCK_STATES = DialectSql(
     postgresql=f"SELECT {_SCHEDULE_LIST} FROM schedules"  # noqa: S608 - names from the model
     " WHERE schedule_id = ANY($1::bigint[]) ORDER BY schedule_id FOR UPDATE",
 )
+_READ_STATES = DialectSql(
+    sqlite=_LOCK_STATES.sqlite,  # SQLite locks the whole file, not rows
+    postgresql=_LOCK_STATES.postgresql.removesuffix(" FOR UPDATE"),
+)
 _STORE_STATES = DialectSql(
     sqlite="UPDATE schedules SET "  # noqa: S608 - names from the model
     + ", ".join(f"{column.name} = ?" for column in _STATE_COLUMNS)
@@ -206,11 +210,21 @@ async def lock_schedule_states(
     )
 
 
-async def _select_states(driver: DriverSql, ids: Sequence[int]) -> list[ScheduleRow]:
+async def read_schedule_states(
+    session: AsyncSession, schedule_ids: Sequence[int]
+) -> list[ScheduleRow]:
+    """The schedules' rows as they are, unlocked (those that exist), in id order: what a
+    settle expects to find before it takes its locks."""
+    return await _select_states(await driver_sql(session), sorted(set(schedule_ids)), _READ_STATES)
+
+
+async def _select_states(
+    driver: DriverSql, ids: Sequence[int], statement: DialectSql = _LOCK_STATES
+) -> list[ScheduleRow]:
     columns = [(column.key, driver.result(column)) for column in _SCHEDULE_COLUMNS]
     return [
         ScheduleRow(**converted(columns, row))
-        for row in await driver.fetch(_LOCK_STATES, driver.values(ids))
+        for row in await driver.fetch(statement, driver.values(ids))
     ]
 
 
@@ -515,7 +529,7 @@ def _admit_on_arrival(
 ) -> TokenRecord:
     """Make the row to insert ACTIVE, with its pass; count it in the schedule's row."""
     token = TokenRecord(**row)
-    _activate(token, schedule, on_arrival.now)
+    activate(token, schedule, on_arrival.now)
     token.admission_pass = on_arrival.signer.mint(token)
     for column in ("status", "activated_at", "expires_at", "admission_pass"):
         row[column] = getattr(token, column)
@@ -603,7 +617,7 @@ async def admit_oldest(
         return []
     by_id = {schedule.schedule_id: schedule for schedule in wanted}
     for token in picked:
-        _activate(token, by_id[token.schedule_id], now)
+        activate(token, by_id[token.schedule_id], now)
     minter = await signer()
     await _mint_and_store(driver, minter, picked, now)
     for token in picked:
@@ -655,6 +669,12 @@ async def _mint_and_store(
 def _mint_passes(minter: PassSigner, tokens: Sequence[TokenRecord]) -> None:
     for token in tokens:
         token.admission_pass = minter.mint(token)
+
+
+async def oldest_pending(session: AsyncSession, limits: Mapping[int, int]) -> list[TokenRecord]:
+    """The first PENDING tokens of each schedule in issue order, up to its limit, as they
+    are now (no lock): those a settle would admit next in a line in issue order."""
+    return await _oldest(await driver_sql(session), _OLDEST_BY_SEQ, limits)
 
 
 async def _oldest_pending(
@@ -732,7 +752,7 @@ async def _oldest(
     return [TokenRecord(**converted(columns, row)) for row in rows]
 
 
-def _activate(token: TokenRecord, schedule: ScheduleRow, now: datetime) -> None:
+def activate(token: TokenRecord, schedule: ScheduleRow, now: datetime) -> None:
     """Make an admitted token ACTIVE from ``now`` for its schedule's active TTL."""
     token.status = TokenStatus.ACTIVE
     token.activated_at = now

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -62,9 +63,13 @@ class Signer:
 
     def mint(self, token: AnyToken) -> str:
         """The pass of an ACTIVE token."""
+        return self.sign(self.claims(token))
+
+    def claims(self, token: AnyToken) -> dict[str, Any]:
+        """The claims of an ACTIVE token's pass."""
         if token.activated_at is None or token.expires_at is None:
             raise ValueError(f"token {token.token_id} is not ACTIVE")
-        claims = passes.pass_claims(
+        return passes.pass_claims(
             self.settings,
             token.token_id,
             token.user_id,
@@ -72,6 +77,9 @@ class Signer:
             token.activated_at,
             token.expires_at,
         )
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """The pass (a compact JWS) of these claims, with this key."""
         return passes.mint(claims, self.key, self.kid, self.algorithm)
 
 
@@ -96,8 +104,16 @@ class SigningKeys:
             rows = [*rows, await self._add_key(session, signs_from=utc_now())]
             self._rows, self._read_at = rows, time.monotonic()
             current = _record(rows[-1])
-        row = next(r for r in rows if r.kid == current.kid)
-        return Signer(current.kid, current.algorithm, self._private_key(row), self.config.passes)
+        return self._signer_of(rows, current)
+
+    def cached_signer(self) -> Signer | None:
+        """The signer of the current key as last read by ``signer``, with no database access
+        (None before the first read): to mint passes ahead of a transaction. Its key may be
+        a second stale; the transaction's own ``signer`` has the last word."""
+        if not self._rows:
+            return None
+        current = passes.signing_key([_record(r) for r in self._rows], utc_now())
+        return None if current is None else self._signer_of(self._rows, current)
 
     async def jwks(self) -> str:
         """The JWK Set document: public keys only, as ``passes.published_keys`` picks them."""
@@ -157,6 +173,10 @@ class SigningKeys:
         )
         await repository.add_signing_key(session, row)
         return row
+
+    def _signer_of(self, rows: list[SigningKeyRow], current: KeyRecord) -> Signer:
+        row = next(r for r in rows if r.kid == current.kid)
+        return Signer(current.kid, current.algorithm, self._private_key(row), self.config.passes)
 
     def _private_key(self, row: SigningKeyRow) -> PrivateKey:
         key = self._private.get(row.kid)
