@@ -7,6 +7,7 @@ bucket refilling) ends here, so there is one code path that changes ACTIVE count
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -23,7 +24,9 @@ from waiting_core.domain import NewToken, TokenStatus
 from waiting_core.events import Topics, state_changed_rows
 from waiting_core.models import AnyToken, ScheduleRow
 from waiting_core.outbox import OutboxRelay, OutboxTransaction
-from waiting_core.signing_keys import SigningKeys
+from waiting_core.signing_keys import Signer, SigningKeys
+
+log = logging.getLogger(__name__)
 
 # Schedules settled in one transaction: enough to share the commit, few enough that the
 # locks (on SQLite, the one write lock) are not held for long.
@@ -133,22 +136,16 @@ class Admitter:
 
     async def _mint_ahead(self, schedule_ids: Sequence[int]) -> PassesAhead:
         """The passes of the tokens these schedules' lines would admit now, as read
-        unlocked; none when that is fewer than MINT_AHEAD_FROM or no key is known yet."""
-        signer = self._keys.cached_signer()
-        if not schedule_ids or signer is None or self._reads is None:
+        unlocked; none when that is fewer than MINT_AHEAD_FROM or no key is known yet.
+        Only a saving: if it fails, the settle goes on and signs under its locks."""
+        signer, reads = self._keys.cached_signer(), self._reads
+        if not schedule_ids or signer is None or reads is None:
             return NO_PASSES_AHEAD
-        now = utc_now()
-        async with self._reads.transaction(read_only=True) as session:
-            schedules = await repository.read_schedule_states(session, schedule_ids)
-            limits = {
-                s.schedule_id: _admissions_now(s, now)
-                for s in schedules
-                if _opening(s, now) is None  # a draw decides who goes first
-            }
-            if sum(limits.values()) < MINT_AHEAD_FROM:
-                return NO_PASSES_AHEAD
-            tokens = await repository.oldest_pending(session, limits)
-        return mint_ahead(signer, tokens, {s.schedule_id: s for s in schedules}, now)
+        try:
+            return await _read_and_mint(reads, signer, schedule_ids)
+        except Exception:
+            log.warning("minting passes ahead failed; the settle signs them", exc_info=True)
+            return NO_PASSES_AHEAD
 
     async def _settle_locked(
         self,
@@ -241,6 +238,24 @@ class Admitter:
             if settlement.changed:
                 for listener in self._listeners:
                     listener(settlement)
+
+
+async def _read_and_mint(
+    reads: Database, signer: Signer, schedule_ids: Sequence[int]
+) -> PassesAhead:
+    """Read the lines unlocked and mint the passes of the tokens they would admit now."""
+    now = utc_now()
+    async with reads.transaction(read_only=True) as session:
+        schedules = await repository.read_schedule_states(session, schedule_ids)
+        limits = {
+            s.schedule_id: _admissions_now(s, now)
+            for s in schedules
+            if _opening(s, now) is None  # a draw decides who goes first
+        }
+        if sum(limits.values()) < MINT_AHEAD_FROM:
+            return NO_PASSES_AHEAD
+        tokens = await repository.oldest_pending(session, limits)
+    return mint_ahead(signer, tokens, {s.schedule_id: s for s in schedules}, now)
 
 
 def record_metrics(settlement: Settlement) -> None:

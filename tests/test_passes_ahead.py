@@ -5,6 +5,7 @@ them for the tokens it then admits."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -13,13 +14,14 @@ from sqlalchemy import select, update
 
 from activator import admission, passes_ahead
 from activator.admission import Admitter
+from activator.config import ActivatorSettings
 from activator.passes_ahead import NO_PASSES_AHEAD, PassesAhead, mint_ahead
 from tests.helpers import System, issue, set_capacity, wait_counts
-from waiting_core import passes
+from waiting_core import passes, repository
 from waiting_core.database import Database
 from waiting_core.domain import TokenStatus
 from waiting_core.events import Topics
-from waiting_core.models import ScheduleRow, TokenRecord, TokenRow
+from waiting_core.models import AnyToken, ScheduleRow, TokenRecord, TokenRow
 from waiting_core.outbox import OutboxRelay
 from waiting_core.passes import PassSettings
 from waiting_core.signing_keys import Signer, SigningKeys, key_config
@@ -114,47 +116,29 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> datetime:
     return moment
 
 
-@pytest.mark.parametrize("second_turns", [False, True], ids=["same second", "second turns"])
-async def test_a_settle_after_freed_slots_admits_with_passes_minted_ahead(
-    system: System,
-    schedule_id: int,
-    frozen_clock: datetime,
-    monkeypatch: pytest.MonkeyPatch,
-    second_turns: bool,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """A settle after 15 freed slots in a line of 25: what it admitted, the passes stored,
+    and the signer of the key."""
+
+    admitted: Sequence[AnyToken]
+    stored: dict[str, str]
+    signer: Signer
+
+
+async def _settle_after_freed_slots(system: System, schedule_id: int) -> _Settled:
+    """5 ACTIVE and 25 PENDING; 15 slots more, without an event the system's activator
+    would settle on; then a settle by an admitter of the test's own, told slots were freed."""
     await set_capacity(system, schedule_id, 5)
     for i in range(30):
         await issue(system, f"user-{i}", schedule_id)
     await wait_counts(system, schedule_id, active=5, pending=25)
-    minted: list[PassesAhead] = []
-    mint = passes_ahead.mint_ahead
-
-    def recording_mint(
-        signer: Signer,
-        tokens: Sequence[TokenRecord],
-        schedules: Mapping[int, ScheduleRow],
-        now: datetime,
-    ) -> PassesAhead:
-        # "second turns": as if minted a second before the settle took its locks
-        earlier = now - timedelta(seconds=1) if second_turns else now
-        minted.append(mint(signer, tokens, schedules, earlier))
-        return minted[-1]
-
-    monkeypatch.setattr(admission, "mint_ahead", recording_mint)
-
     settings = system.activator_settings
     async with Database(settings.database_url) as database:
         keys = SigningKeys(database, key_config(settings))
         async with database.transaction() as session:  # the key, as a settle reads it
             signer = await keys.signer(session)
-        topics = Topics(
-            origin="activator", waiting=settings.waiting_topic, events=settings.events_topic
-        )
-        relay = OutboxRelay(  # never started: the system's relay publishes what it commits
-            database, settings.kafka_bootstrap, topics=topics, partitions=settings.topic_partitions
-        )
-        admitter = Admitter(relay, topics, keys, reads=database)
-        # 15 more slots, without an event the system's activator would settle on
+        admitter = Admitter(*_relay_and_topics(database, settings), keys, reads=database)
         async with database.transaction() as session:
             await session.execute(
                 update(ScheduleRow)
@@ -171,15 +155,72 @@ async def test_a_settle_after_freed_slots_admits_with_passes_minted_ahead(
                 )
             ).scalars()
             stored = {row.token_id: row.admission_pass or "" for row in rows}
+    return _Settled(settlement.admitted, stored, signer)
+
+
+def _relay_and_topics(
+    database: Database, settings: ActivatorSettings
+) -> tuple[OutboxRelay, Topics]:
+    topics = Topics(
+        origin="activator", waiting=settings.waiting_topic, events=settings.events_topic
+    )
+    relay = OutboxRelay(  # never started: the system's relay publishes what it commits
+        database, settings.kafka_bootstrap, topics=topics, partitions=settings.topic_partitions
+    )
+    return relay, topics
+
+
+@pytest.mark.parametrize("second_turns", [False, True], ids=["same second", "second turns"])
+async def test_a_settle_after_freed_slots_admits_with_passes_minted_ahead(
+    system: System,
+    schedule_id: int,
+    frozen_clock: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+    second_turns: bool,
+) -> None:
+    minted: list[PassesAhead] = []
+    mint = passes_ahead.mint_ahead
+
+    def recording_mint(
+        signer: Signer,
+        tokens: Sequence[TokenRecord],
+        schedules: Mapping[int, ScheduleRow],
+        now: datetime,
+    ) -> PassesAhead:
+        # "second turns": as if minted a second before the settle took its locks
+        earlier = now - timedelta(seconds=1) if second_turns else now
+        minted.append(mint(signer, tokens, schedules, earlier))
+        return minted[-1]
+
+    monkeypatch.setattr(admission, "mint_ahead", recording_mint)
+
+    settled = await _settle_after_freed_slots(system, schedule_id)
 
     (ahead,) = minted
-    admitted = {token.token_id for token in settlement.admitted}
+    admitted = {token.token_id for token in settled.admitted}
     assert len(admitted) == 15
     assert set(ahead.passes) == admitted  # the read ahead saw the tokens admitted
+    stored = settled.stored
     used = {token_id for token_id in admitted if stored[token_id] == ahead.passes[token_id][1]}
     assert used == (set() if second_turns else admitted)
-    for token in settlement.admitted:
-        assert _claims_of(stored[token.token_id], signer) == signer.claims(token)
+    for token in settled.admitted:
+        assert _claims_of(stored[token.token_id], settled.signer) == settled.signer.claims(token)
+
+
+async def test_a_failed_read_ahead_leaves_the_settle_to_sign(
+    system: System, schedule_id: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_read(*args: object) -> list[TokenRecord]:
+        raise RuntimeError("the read ahead broke")
+
+    monkeypatch.setattr(repository, "oldest_pending", failing_read)
+
+    settled = await _settle_after_freed_slots(system, schedule_id)
+
+    assert len(settled.admitted) == 15
+    for token in settled.admitted:
+        claims = _claims_of(settled.stored[token.token_id], settled.signer)
+        assert claims == settled.signer.claims(token)
 
 
 async def test_a_settle_without_freed_slots_mints_nothing_ahead(
@@ -189,13 +230,7 @@ async def test_a_settle_without_freed_slots_mints_nothing_ahead(
     settings = system.activator_settings
     async with Database(settings.database_url) as database:
         keys = SigningKeys(database, key_config(settings))
-        topics = Topics(
-            origin="activator", waiting=settings.waiting_topic, events=settings.events_topic
-        )
-        relay = OutboxRelay(
-            database, settings.kafka_bootstrap, topics=topics, partitions=settings.topic_partitions
-        )
-        admitter = Admitter(relay, topics, keys, reads=database)
+        admitter = Admitter(*_relay_and_topics(database, settings), keys, reads=database)
         assert await admitter._mint_ahead([]) is NO_PASSES_AHEAD
         # no key read yet: nothing to mint with
         assert await admitter._mint_ahead([schedule_id]) is NO_PASSES_AHEAD
