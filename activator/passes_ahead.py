@@ -52,6 +52,10 @@ class AheadSigner:
     def kid(self) -> str:
         return self._signer.kid
 
+    @property
+    def published_until(self) -> datetime | None:
+        return self._signer.published_until
+
     def mint(self, token: AnyToken) -> str:
         claims = self._signer.claims(token)
         minted = self._ahead.get(token.token_id)

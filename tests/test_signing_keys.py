@@ -17,7 +17,7 @@ import subprocess
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,29 @@ async def test_rotation_keeps_old_passes_verifiable_until_they_expire(
     assert rotated.kid in await _kids(keyed.jwks_url)
     with pytest.raises(PassRejected):
         await fresh.verify(before.admission_pass, schedule_id)
+
+
+async def test_a_key_stays_published_past_every_pass_it_signed(
+    keyed: KeyedSystem, new_schedule_id: Callable[[], int]
+) -> None:
+    """Each admission keeps its key's ``passes_until`` past its pass's expiry, writing it
+    ahead by at most KEEP_PUBLISHED_MARGIN (and not at every settle)."""
+    system = keyed.system
+    schedule_id = new_schedule_id()
+    # Passes longer than any earlier test's: this test's admissions must extend the key.
+    await configure(system, schedule_id, active_ttl_seconds=3_600)
+    kid = (await _rotate(system)).kid
+    signed = [await _pass_signed_by(system, schedule_id, kid, "first")]
+    signed += [await admitted(system, f"later-{i}", schedule_id) for i in range(3)]
+    last_exp = max(
+        t.expires_at.ToDatetime(tzinfo=UTC) for t in signed if _kid(t.admission_pass) == kid
+    )
+
+    async with system.activator.database.transaction(read_only=True) as session:
+        (row,) = [r for r in await repository.signing_keys(session) if r.kid == kid]
+
+    assert row.passes_until is not None
+    assert last_exp <= row.passes_until <= last_exp + repository.KEEP_PUBLISHED_MARGIN
 
 
 def _go() -> str | None:

@@ -1138,14 +1138,28 @@ class PassSigner(Protocol):
     def mint(self, token: AnyToken) -> str:
         """The pass of an ACTIVE token."""
 
+    @property
+    def published_until(self) -> datetime | None:
+        """The key's ``passes_until`` as last read (committed; it only ever grows)."""
+
+
+# How far past the last pass's expiry a write of ``passes_until`` keeps the key published,
+# so that the settles of the next seconds find it far enough already and write nothing.
+KEEP_PUBLISHED_MARGIN = timedelta(seconds=10)
+
 
 async def _keep_key_published(
     driver: DriverSql, signer: PassSigner, tokens: Sequence[AnyToken]
 ) -> None:
-    """Keep the signing key published until the last of the tokens' passes expires."""
+    """Keep the signing key published until the last of the tokens' passes expires: a
+    statement only when the key's ``passes_until``, as last read, falls short of it (about
+    once every KEEP_PUBLISHED_MARGIN, instead of a round trip every admitting settle)."""
     last_exp = max(token.expires_at for token in tokens if token.expires_at is not None)
+    if signer.published_until is not None and signer.published_until >= last_exp:
+        return
+    until = last_exp + KEEP_PUBLISHED_MARGIN
     moment = driver.bind(_SIGNING_KEYS.c.passes_until)
-    await driver.fetch(_KEEP_KEY_PUBLISHED, moment(last_exp), signer.kid, moment(last_exp))
+    await driver.fetch(_KEEP_KEY_PUBLISHED, moment(until), signer.kid, moment(until))
 
 
 _KEEP_KEY_PUBLISHED = DialectSql(

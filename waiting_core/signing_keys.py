@@ -60,6 +60,7 @@ class Signer:
     algorithm: str
     key: PrivateKey
     settings: PassSettings
+    published_until: datetime | None = None  # the key's passes_until as read
 
     def mint(self, token: AnyToken) -> str:
         """The pass of an ACTIVE token."""
@@ -176,7 +177,13 @@ class SigningKeys:
 
     def _signer_of(self, rows: list[SigningKeyRow], current: KeyRecord) -> Signer:
         row = next(r for r in rows if r.kid == current.kid)
-        return Signer(current.kid, current.algorithm, self._private_key(row), self.config.passes)
+        return Signer(
+            current.kid,
+            current.algorithm,
+            self._private_key(row),
+            self.config.passes,
+            row.passes_until,
+        )
 
     def _private_key(self, row: SigningKeyRow) -> PrivateKey:
         key = self._private.get(row.kid)
