@@ -97,15 +97,11 @@ async def _insert_outbox_rows(connection: Connection, rows: Sequence[OutboxEvent
     """Insert the rows with ids taken from the table's sequence (never reused)."""
     if not rows:
         return
-    new_ids = [
-        record[0]
-        for record in await connection.fetch(repository.NEW_OUTBOX_IDS.postgresql, len(rows))
-    ]
-    for row, row_id in zip(rows, new_ids, strict=True):
-        row.id = row_id
-    await connection.execute(
-        repository.INSERT_OUTBOX.postgresql, new_ids, *repository.outbox_arrays(rows, _TIME)
+    inserted = await connection.fetch(
+        repository.INSERT_OUTBOX.postgresql, *repository.outbox_arrays(rows, _TIME)
     )
+    for row, (row_id,) in zip(rows, inserted, strict=True):
+        row.id = row_id
 
 
 async def delete_published(connection: Connection, ids: Sequence[int]) -> None:

@@ -1244,9 +1244,9 @@ async def insert_outbox_rows(session: AsyncSession, rows: Sequence[OutboxEvent])
         await driver.execute_many(INSERT_OUTBOX, outbox_values(rows, created_at))
         ((last,),) = await driver.fetch(LAST_OUTBOX_ID)
         return sqlite_outbox_ids(last, len(rows))
-    ids = [row_id for (row_id,) in await driver.fetch(NEW_OUTBOX_IDS, len(rows))]
-    await driver.fetch(INSERT_OUTBOX, ids, *outbox_arrays(rows, created_at))
-    return ids
+    return [
+        row_id for (row_id,) in await driver.fetch(INSERT_OUTBOX, *outbox_arrays(rows, created_at))
+    ]
 
 
 def outbox_values(
@@ -1260,7 +1260,7 @@ def outbox_values(
 
 
 def outbox_arrays(rows: Sequence[OutboxEvent], created_at: Callable[[Any], Any]) -> list[list[Any]]:
-    """The PostgreSQL insert's parameters after the ids: one array per column."""
+    """The PostgreSQL insert's parameters: one array per column."""
     return [
         [row.origin for row in rows],
         [row.topic for row in rows],
@@ -1280,14 +1280,22 @@ def sqlite_outbox_ids(last: int, count: int) -> list[int]:
 
 # The outbox insert, for every writer (the session's driver here, the release writers):
 # on SQLite, an executemany whose ids are the last ones (``sqlite_outbox_ids``); on
-# PostgreSQL, ids drawn from the table's sequence first, so each row's id is known without
-# relying on the order of RETURNING, then one insert of arrays.
+# PostgreSQL, one statement that draws each row's id from the table's sequence, inserts the
+# rows and returns their ids in the rows' order (by ordinality, not by RETURNING's order,
+# which is not defined). The drawn ids are a materialised CTE, so the insert and the answer
+# see the same ones: one round trip, where a draw and then an insert took two.
 INSERT_OUTBOX = DialectSql(
     sqlite='INSERT INTO outbox (origin, topic, "key", event_type, payload, created_at)'
     " VALUES (?, ?, ?, ?, ?, ?)",
-    postgresql="INSERT INTO outbox (id, origin, topic, key, event_type, payload, created_at)"
-    " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[],"
-    " $6::bytea[], $7::timestamptz[])",
+    postgresql="WITH new AS MATERIALIZED ("
+    " SELECT nextval(pg_get_serial_sequence('outbox', 'id')) AS id, u.*"
+    " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bytea[],"
+    " $6::timestamptz[]) WITH ORDINALITY"
+    " AS u(origin, topic, key, event_type, payload, created_at, n)"
+    "), inserted AS ("
+    " INSERT INTO outbox (id, origin, topic, key, event_type, payload, created_at)"
+    " SELECT id, origin, topic, key, event_type, payload, created_at FROM new ORDER BY n"
+    ") SELECT id FROM new ORDER BY n",
 )
 LAST_OUTBOX_ID = DialectSql(
     sqlite="SELECT seq FROM sqlite_sequence WHERE name = 'outbox'", postgresql=""
@@ -1296,9 +1304,4 @@ LAST_OUTBOX_ID = DialectSql(
 DELETE_OUTBOX = DialectSql(
     sqlite="DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
     postgresql="DELETE FROM outbox WHERE id = ANY($1::bigint[])",
-)
-NEW_OUTBOX_IDS = DialectSql(
-    sqlite="",
-    postgresql="SELECT nextval(pg_get_serial_sequence('outbox', 'id'))"
-    " FROM generate_series(1, $1::int)",
 )
