@@ -522,9 +522,10 @@ class Bench:
         end, recorded in ``catch_up_seconds``.
 
         The warm-up issues at c=32 faster than the activator places tokens on PostgreSQL,
-        so the next section began with the activator still 0.1-0.25 s behind: the tokens of
-        issue->ACTIVE's first 100 ms waited for that backlog, and they were its p99 (80-90
-        ms; 18-22 ms with this wait). It waits a tenth of a second or so.
+        so the next section began with the activator still 0.1-0.25 s behind: run right
+        after the warm-up, the tokens of issue->ACTIVE's first 100 ms waited for that
+        backlog, and they were its p99 (80-90 ms; 18-22 ms with this wait). It waits a
+        tenth of a second or so.
         """
         waits: dict[str, float] = self.results.setdefault("catch_up_seconds", {})
 
