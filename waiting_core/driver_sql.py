@@ -85,6 +85,20 @@ class DriverSql:
         except (sqlite3.OperationalError, *UNREACHABLE) as exc:
             raise StorageUnavailable() from exc
 
+    async def insert_rows(self, sql: DialectSql, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows: on SQLite once per row, on PostgreSQL in one statement that takes
+        each column as an array (``INSERT ... SELECT * FROM unnest($1, $2, ...)``)."""
+        if not rows:
+            return
+        if self._sqlite:
+            await self.execute_many(sql, rows)
+            return
+        try:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            await self._driver.execute(sql.postgresql, *columns)
+        except UNREACHABLE as exc:
+            raise StorageUnavailable() from exc
+
     async def execute_many(self, sql: DialectSql, rows: Sequence[Sequence[Any]]) -> int | None:
         """Run a statement once per row of parameters (pipelined on PostgreSQL); on SQLite,
         how many rows it changed in all."""

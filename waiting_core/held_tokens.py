@@ -38,14 +38,15 @@ class HeldTokens:
         "WHERE schedule_id IN (SELECT value FROM json_each(?)) "
         "AND user_id IN (SELECT value FROM json_each(?))"
     )
-    # PostgreSQL: one index probe per pair, on both columns of ix_tokens_user. With both
-    # columns as ``= ANY`` lists, PostgreSQL 15 looks up the user list in the index only when
-    # it expects the schedule to hold many rows; for a schedule it has no statistics of yet
-    # (a new sale) it scans all of the schedule's tokens instead.
+    # PostgreSQL: one index probe per pair on both columns of ix_tokens_user, whatever the
+    # planner's statistics say (``raw_reads``: one probe per key). With both columns as ``= ANY``
+    # lists, PostgreSQL 15 scans all of a schedule's tokens when it has no statistics of it
+    # yet (a new sale), and a plain join on ``unnest`` can become a merge join over the table.
     _POSTGRES = (
         "SELECT k.schedule_id, k.user_id, t.status "
         "FROM unnest($1::bigint[], $2::varchar[]) AS k(schedule_id, user_id) "
-        "JOIN tokens t ON t.schedule_id = k.schedule_id AND t.user_id = k.user_id"
+        "CROSS JOIN LATERAL (SELECT status FROM tokens WHERE tokens.schedule_id = k.schedule_id "
+        "AND tokens.user_id = k.user_id OFFSET 0) AS t"
     )
 
     def __init__(self, reads: RawReads) -> None:

@@ -124,7 +124,24 @@ class SqliteReads:
 # the table grows: in a fresh `make bench` run, the issue path's reads then scanned ten
 # thousand rows each, and PostgreSQL's CPU per IssueToken tripled. Planning our short
 # statements costs about 0.1 ms of the server's CPU each.
-POSTGRES_SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+#
+# No parallel workers and no JIT: our statements are short, and a parallel plan starts two
+# background workers for each run. The settle's read of the newcomers already written (a few
+# hundred ids under a rush) got one (``Gather``) in a `make bench` run: it took 20 ms instead
+# of a few tenths, and was most of PostgreSQL's CPU per IssueToken.
+# A lookup of many keys is written as one probe per key, which the planner cannot turn into
+# a scan: ``unnest($1) AS k(key) CROSS JOIN LATERAL (SELECT ... WHERE column = k.key
+# OFFSET 0)`` (the OFFSET keeps the subquery from being merged into a join). As a plain join
+# or ``= ANY``, a few hundred keys (a settle under a rush) on a table not yet analysed (a
+# new sale's first minutes) got a merge join over two sorted scans of the whole table:
+# 35 ms at 30,000 tokens, against 2 ms probed. Written so: ``held_tokens`` and the settle's
+# read of the newcomers already written (``repository``).
+
+POSTGRES_SESSION_SETTINGS = {
+    "plan_cache_mode": "force_custom_plan",
+    "max_parallel_workers_per_gather": "0",
+    "jit": "off",
+}
 
 
 class StatelessConnection(asyncpg.Connection):

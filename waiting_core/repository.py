@@ -368,21 +368,27 @@ _WRITTEN_OR_HOLDING = DialectSql(
     " WHERE token_id IN (SELECT value FROM json_each(?))"
     " OR (schedule_id IN (SELECT value FROM json_each(?))"
     " AND user_id IN (SELECT value FROM json_each(?)))",
-    # One index probe per pair on PostgreSQL (see ``held_tokens``: with two ``= ANY`` lists
-    # it may scan the whole schedule), and no OR, which it can only answer with a bitmap.
-    postgresql="SELECT token_id, schedule_id, user_id, status FROM tokens"
-    " WHERE token_id = ANY($1::varchar[])"
+    # One index probe per id and per pair, whatever the planner's statistics say (see
+    # ``raw_reads``: one probe per key), and no OR, which PostgreSQL answers with a bitmap.
+    postgresql="SELECT t.token_id, t.schedule_id, t.user_id, t.status"
+    " FROM unnest($1::varchar[]) AS k(token_id) CROSS JOIN LATERAL"
+    " (SELECT * FROM tokens WHERE tokens.token_id = k.token_id OFFSET 0) AS t"
     " UNION ALL SELECT t.token_id, t.schedule_id, t.user_id, t.status"
-    " FROM unnest($2::bigint[], $3::varchar[]) AS k(schedule_id, user_id)"
-    " JOIN tokens t ON t.schedule_id = k.schedule_id AND t.user_id = k.user_id",
+    " FROM unnest($2::bigint[], $3::varchar[]) AS k(schedule_id, user_id) CROSS JOIN LATERAL"
+    " (SELECT * FROM tokens WHERE tokens.schedule_id = k.schedule_id"
+    " AND tokens.user_id = k.user_id OFFSET 0) AS t",
 )
+# The placed tokens: SQLite runs the insert once per row; PostgreSQL inserts them all in one
+# statement, one array per column (one plan and one execution for the whole batch).
 _INSERT_PLACED = DialectSql(
     sqlite="INSERT INTO tokens (token_id, user_id, schedule_id, seq, status, issued_at,"
     " last_seen_at, draw_key, activated_at, expires_at, admission_pass)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     postgresql="INSERT INTO tokens (token_id, user_id, schedule_id, seq, status, issued_at,"
     " last_seen_at, draw_key, activated_at, expires_at, admission_pass)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    " SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[], $4::bigint[],"
+    " $5::varchar[], $6::timestamptz[], $7::timestamptz[], $8::bytea[], $9::timestamptz[],"
+    " $10::timestamptz[], $11::text[])",
 )
 _PLACED_COLUMNS = [  # the insert's columns, in its order
     TOKENS.c[name]
@@ -482,7 +488,7 @@ async def place_new_tokens(
             arrived[schedule.schedule_id] += 1
         placement.placed.append(token)
         rows.append(row)
-    await driver.execute_many(_INSERT_PLACED, _placed_values(driver, rows))
+    await driver.insert_rows(_INSERT_PLACED, _placed_values(driver, rows))
     if placement.admitted and on_arrival is not None:
         await _keep_key_published(driver, on_arrival.signer, placement.admitted)
     return placement
