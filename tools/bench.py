@@ -45,6 +45,7 @@ from tools.system import (
     ROOT,
     Cluster,
     create_postgres_database,
+    drop_postgres_database,
     free_port,
     is_listening,
     migrate,
@@ -1313,7 +1314,8 @@ def postgres_url() -> str | None:
     started = subprocess.run([str(ROOT / "scripts/postgres.sh"), "start"], env=env, check=False)
     if started.returncode != 0:
         return None
-    return create_postgres_database("postgresql+asyncpg://postgres@127.0.0.1:55432/postgres")
+    admin_url = "postgresql+asyncpg://postgres@127.0.0.1:55432/postgres"
+    return create_postgres_database(admin_url, prefix="waiting_bench")
 
 
 async def _bulk_lines(
@@ -1398,10 +1400,10 @@ async def amain(args: argparse.Namespace) -> None:
     benches: dict[str, Bench] = {}
     output: dict[str, Any] = {"cores": os.cpu_count(), "mode": "full" if args.full else "quick"}
     sqlite_path = ROOT / ".run" / f"bench-{secrets.token_hex(3)}.sqlite3"
+    databases = {"sqlite": f"sqlite+aiosqlite:///{sqlite_path}"}
     try:
         output["broker_topics"] = await _topic_count(bootstrap)
         output["kafka_floor"] = await kafka_floor(bootstrap, 200)
-        databases = {"sqlite": f"sqlite+aiosqlite:///{sqlite_path}"}
         if "postgres" in args.databases:
             url = await asyncio.to_thread(postgres_url)
             if url:
@@ -1420,6 +1422,8 @@ async def amain(args: argparse.Namespace) -> None:
     finally:
         for leftover in sqlite_path.parent.glob(f"{sqlite_path.name}*"):  # with -wal and -shm
             leftover.unlink()
+        if "postgresql" in databases:  # a full run leaves 1.4 GB of tokens in it
+            await asyncio.to_thread(drop_postgres_database, databases["postgresql"])
         if started_broker:
             await asyncio.to_thread(stop_broker, port, data_dir)
     OUT.mkdir(exist_ok=True)

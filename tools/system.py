@@ -238,15 +238,26 @@ class Cluster:
         self.services.clear()
 
 
-def create_postgres_database(admin_url: str) -> str:
+def create_postgres_database(admin_url: str, prefix: str = "waiting_test") -> str:
     """A new, empty database on the PostgreSQL server of ``admin_url``; its URL."""
-    name = f"waiting_test_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     url = admin_url.rsplit("/", 1)[0]
-    host_port = url.split("@", 1)[1]
-    host, port = host_port.split(":")
-    psql = ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
-    subprocess.run([*psql, "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
+    subprocess.run([*_psql(url), "-c", f"CREATE DATABASE {name}"], check=True, timeout=60)
     return f"{url}/{name}"
+
+
+def drop_postgres_database(database_url: str) -> None:
+    """Drop a database that ``create_postgres_database`` made, with any connection still on
+    it (a failed run's)."""
+    url, name = database_url.rsplit("/", 1)
+    drop = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    subprocess.run([*_psql(url), "-c", drop], check=False, timeout=60)
+
+
+def _psql(server_url: str) -> list[str]:
+    """psql on the server of ``server_url`` (no database part), as the postgres user."""
+    host, port = server_url.split("@", 1)[1].split(":")
+    return ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-q"]
 
 
 if __name__ == "__main__":
