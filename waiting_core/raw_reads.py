@@ -129,6 +129,7 @@ class SqliteReads:
 # background workers for each run. The settle's read of the newcomers already written (a few
 # hundred ids under a rush) got one (``Gather``) in a `make bench` run: it took 20 ms instead
 # of a few tenths, and was most of PostgreSQL's CPU per IssueToken.
+#
 # A lookup of many keys is written as one probe per key, which the planner cannot turn into
 # a scan: ``unnest($1) AS k(key) CROSS JOIN LATERAL (SELECT ... WHERE column = k.key
 # OFFSET 0)`` (the OFFSET keeps the subquery from being merged into a join). As a plain join
@@ -136,7 +137,6 @@ class SqliteReads:
 # new sale's first minutes) got a merge join over two sorted scans of the whole table:
 # 35 ms at 30,000 tokens, against 2 ms probed. Written so: ``held_tokens`` and the settle's
 # read of the newcomers already written (``repository``).
-
 POSTGRES_SESSION_SETTINGS = {
     "plan_cache_mode": "force_custom_plan",
     "max_parallel_workers_per_gather": "0",
