@@ -64,6 +64,7 @@ from waiting.v1 import (
 from waiting_client import GrpcJwks, KeySet, PassVerifier
 from waiting_core.bulk import load_held_lines, load_pending
 from waiting_core.database import Database
+from waiting_core.domain import MAX_ACTIVE_TTL_SECONDS, ScheduleSettings
 from waiting_core.models import ScheduleRow, TokenRow
 
 OUT = ROOT / "bench"
@@ -82,6 +83,12 @@ TURNS = 4
 # CompleteToken's warm-up: a second of calls, on tokens the measured calls do not reach.
 WARM_UP_SECONDS, WARM_UP_TOKENS = 1.0, 6000
 WARM_COMPILER_SHARE = 0.02
+# The ACTIVE TTL of every schedule the bench makes, except the TTL measurement's own: with
+# the default (600 s), each section's leftover ACTIVE tokens expired ten minutes later, and
+# the line behind them was admitted, in waves of up to 24,000 that landed in later sections
+# of a full run (the idle activator measured 2.1-2.8% there, 0.6-1.0% on its own).
+QUIET_TTL_SECONDS = MAX_ACTIVE_TTL_SECONDS
+DEFAULT_CAPACITY = ScheduleSettings(schedule_id=0).capacity
 SECTIONS = ("issue", "release", "to_active", "drain", "status", "gate", "prequeue", "many")
 TARGETS = {
     "issue_rps_ratio": ("IssueToken rps / echo rps, c=32", ">=", 0.6),
@@ -440,12 +447,14 @@ class Bench:
                 sections = self.args.sections
                 # Every section is measured on a warm broker, whichever of them run, and
                 # starts once the activator has placed what the sections before it issued.
-                await self._warm_up(tokens)
+                await self._warm_up(tokens, schedules)
                 caught_up = self._caught_up(cluster.extra_env)
                 if "issue" in sections:
                     await caught_up("issue")
                     async with _spread_stubs(token_api.address, self.args.token_api_workers) as to:
-                        await self._issue_throughput(to or [tokens], echo, uvloop_echo, redis)
+                        await self._issue_throughput(
+                            to or [tokens], schedules, echo, uvloop_echo, redis
+                        )
                 if "release" in sections:
                     await caught_up("release")
                     await self._release_latency(tokens, schedules, echo)
@@ -479,6 +488,7 @@ class Bench:
     async def _issue_throughput(
         self,
         tokens: list[token_service_pb2_grpc.TokenServiceAsyncStub],
+        schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
         echo: token_service_pb2_grpc.TokenServiceAsyncStub,
         uvloop_echo: token_service_pb2_grpc.TokenServiceAsyncStub,
         redis: RedisBaseline | None,
@@ -486,6 +496,7 @@ class Bench:
         levels = []
         for concurrency in self.args.concurrency:
             schedule_id = random.randrange(10**9)
+            await self._set_capacity(schedules, schedule_id, DEFAULT_CAPACITY)
 
             async def issue(i: int, schedule_id: int = schedule_id) -> Any:
                 return await tokens[i % len(tokens)].IssueToken(
@@ -539,7 +550,11 @@ class Bench:
 
         return wait
 
-    async def _warm_up(self, tokens: token_service_pb2_grpc.TokenServiceAsyncStub) -> None:
+    async def _warm_up(
+        self,
+        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
+    ) -> None:
         """Issue into a schedule of its own until the broker's JIT compiler goes quiet.
 
         A fresh broker spends its first 1-2 minutes under load compiling: its compiler threads
@@ -547,6 +562,7 @@ class Bench:
         stopped. A broker in service has long finished, so the figures are taken after.
         """
         schedule_id = random.randrange(10**9)
+        await self._set_capacity(schedules, schedule_id, DEFAULT_CAPACITY)
         broker = self.cpu_pids.get("broker")
 
         async def issue(i: int) -> Any:
@@ -722,7 +738,10 @@ class Bench:
         await schedules.UpsertSchedule(
             schedule_service_pb2.UpsertScheduleRequest(
                 schedule=schedule_service_pb2.Schedule(
-                    schedule_id=schedule_id, capacity=capacity, opens_at=stamp
+                    schedule_id=schedule_id,
+                    capacity=capacity,
+                    active_ttl_seconds=QUIET_TTL_SECONDS,
+                    opens_at=stamp,
                 )
             ),
             metadata=AUTH,
@@ -842,7 +861,11 @@ class Bench:
     ) -> None:
         await schedules.UpsertSchedule(
             schedule_service_pb2.UpsertScheduleRequest(
-                schedule=schedule_service_pb2.Schedule(schedule_id=schedule_id, capacity=capacity)
+                schedule=schedule_service_pb2.Schedule(
+                    schedule_id=schedule_id,
+                    capacity=capacity,
+                    active_ttl_seconds=QUIET_TTL_SECONDS,
+                )
             ),
             metadata=AUTH,
             timeout=10,
@@ -914,24 +937,30 @@ class Bench:
         started = time.perf_counter()
         await _bulk_lines(db, ids[:1000], [far] * 1000, pending_ttl_seconds=3600)
         await _bulk_lines(db, ids[1000:], [far] * 9000)
-        idle = {"10000": await self._idle_cpu()}
+        changes: dict[str, int] = {}
+        idle = {"10000": await self._idle_cpu(db, changes, "10000")}
         more = list(range(base + 10_000, base + 100_000))
         await _bulk_lines(db, more, [far] * len(more), with_waiters=False)
-        idle["100000"] = await self._idle_cpu()
+        idle["100000"] = await self._idle_cpu(db, changes, "100000")
         loaded_seconds = time.perf_counter() - started
         self.results["many_schedules"] = {
             "bulk_load_seconds": round(loaded_seconds, 1),
             "idle_activator_cpu_percent": idle,
+            # Tokens admitted or ended meanwhile: work, not idleness, when above zero.
+            "idle_window_token_changes": changes,
             "ttl": await self._ttl_lateness(queue, db, base + 100_000),
             "issue_spread": await self._issue_spread(tokens, db, base + 200_000),
         }
 
-    async def _idle_cpu(self) -> float:
-        """The activator's CPU, in % of one core, over a quiet stretch."""
+    async def _idle_cpu(self, db: Database, changes: dict[str, int], label: str) -> float:
+        """The activator's CPU, in % of one core, over a quiet stretch; ``changes[label]``:
+        how many tokens were admitted or ended in it."""
         await asyncio.sleep(2)  # let the sweeps of the bulk load settle
         seconds: float = self.args.idle_seconds
+        started = datetime.now(UTC)
         with cpu_meter({"activator": self.pids["activator"]}) as use:
             await asyncio.sleep(seconds)
+        changes[label] = await _token_changes(db, started, datetime.now(UTC))
         return round(float(use.processes["activator"]) / seconds * 100, 2)
 
     async def _ttl_lateness(
@@ -1213,6 +1242,9 @@ def print_table(name: str, results: dict[str, Any]) -> None:
         label, op, goal = TARGETS[key]
         met = value >= goal if op == ">=" else value <= goal
         print(f"{label:<40}{value:>10.2f}  {op}{goal:>6}  {'yes' if met else 'NO'}")
+    changed = (results.get("many_schedules") or {}).get("idle_window_token_changes")
+    if changed:
+        print(f"tokens admitted or ended in the idle windows (0 = idle): {changed}")
 
 
 def _machine_ms(run: dict[str, Any]) -> float:
@@ -1335,6 +1367,16 @@ async def _bulk_lines(
             pending_ttl_seconds=pending_ttl_seconds,
             with_waiters=with_waiters,
         )
+
+
+async def _token_changes(db: Database, start: datetime, end: datetime) -> int:
+    """How many tokens were admitted, or ended, between ``start`` and ``end``."""
+    async with db.transaction(read_only=True) as session:
+        moments = (TokenRow.activated_at, TokenRow.ended_at)
+        counts = [
+            await session.scalar(select(func.count()).where(m >= start, m < end)) for m in moments
+        ]
+    return sum(count or 0 for count in counts)
 
 
 async def _vacuumed(database_url: str) -> None:
