@@ -937,11 +937,12 @@ class Bench:
         started = time.perf_counter()
         await _bulk_lines(db, ids[:1000], [far] * 1000, pending_ttl_seconds=3600)
         await _bulk_lines(db, ids[1000:], [far] * 9000)
+        idle: dict[str, float] = {}
         changes: dict[str, int] = {}
-        idle = {"10000": await self._idle_cpu(db, changes, "10000")}
+        idle["10000"], changes["10000"] = await self._idle_window(db)
         more = list(range(base + 10_000, base + 100_000))
         await _bulk_lines(db, more, [far] * len(more), with_waiters=False)
-        idle["100000"] = await self._idle_cpu(db, changes, "100000")
+        idle["100000"], changes["100000"] = await self._idle_window(db)
         loaded_seconds = time.perf_counter() - started
         self.results["many_schedules"] = {
             "bulk_load_seconds": round(loaded_seconds, 1),
@@ -952,16 +953,16 @@ class Bench:
             "issue_spread": await self._issue_spread(tokens, db, base + 200_000),
         }
 
-    async def _idle_cpu(self, db: Database, changes: dict[str, int], label: str) -> float:
-        """The activator's CPU, in % of one core, over a quiet stretch; ``changes[label]``:
-        how many tokens were admitted or ended in it."""
+    async def _idle_window(self, db: Database) -> tuple[float, int]:
+        """The activator's CPU, in % of one core, over a quiet stretch, and how many tokens
+        were admitted or ended in it."""
         await asyncio.sleep(2)  # let the sweeps of the bulk load settle
         seconds: float = self.args.idle_seconds
         started = datetime.now(UTC)
         with cpu_meter({"activator": self.pids["activator"]}) as use:
             await asyncio.sleep(seconds)
-        changes[label] = await _token_changes(db, started, datetime.now(UTC))
-        return round(float(use.processes["activator"]) / seconds * 100, 2)
+        changed = await _token_changes(db, started, datetime.now(UTC))
+        return round(float(use.processes["activator"]) / seconds * 100, 2), changed
 
     async def _ttl_lateness(
         self,
