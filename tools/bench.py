@@ -315,9 +315,20 @@ class Measured:
     cpu: CpuUse
 
     def figures(self) -> dict[str, Any]:
-        """The run's summary and its CPU per call, for results.json."""
+        """The run's summary, its CPU per call, and how busy the machine was, for
+        results.json. A machine short of 100% busy is bounded by something other than
+        its CPU: a lock, or one process's single thread."""
         calls = len(self.load.latencies_ms)
-        return {**self.load.summary(), "cpu_ms_per_call": self.cpu.per_call_ms(calls)}
+        return {
+            **self.load.summary(),
+            "cpu_ms_per_call": self.cpu.per_call_ms(calls),
+            "machine_busy_percent": self.busy_percent(),
+        }
+
+    def busy_percent(self) -> float:
+        """The machine's CPU over the run as a share of all its cores, in percent."""
+        capacity = self.load.seconds * (os.cpu_count() or 1)
+        return round(self.cpu.machine / capacity * 100, 1) if capacity else float("nan")
 
 
 async def interleaved(
@@ -457,7 +468,8 @@ class Bench:
                         )
                 if "release" in sections:
                     await caught_up("release")
-                    await self._release_latency(tokens, schedules, echo)
+                    async with _spread_stubs(token_api.address, self.args.token_api_workers) as to:
+                        await self._release_latency(to or [tokens], schedules, echo)
                 if "to_active" in sections:
                     await caught_up("to_active")
                     await self._issue_to_active(tokens, schedules, db)
@@ -593,7 +605,7 @@ class Bench:
 
     async def _release_latency(
         self,
-        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        tokens: list[token_service_pb2_grpc.TokenServiceAsyncStub],
         schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
         echo: token_service_pb2_grpc.TokenServiceAsyncStub,
     ) -> None:
@@ -606,7 +618,7 @@ class Bench:
 
     async def _complete_at_c32(
         self,
-        tokens: token_service_pb2_grpc.TokenServiceAsyncStub,
+        tokens: list[token_service_pb2_grpc.TokenServiceAsyncStub],
         schedules: schedule_service_pb2_grpc.ScheduleServiceAsyncStub,
         echo: token_service_pb2_grpc.TokenServiceAsyncStub,
         *,
@@ -631,7 +643,7 @@ class Bench:
 
         async def complete(i: int) -> Any:
             request = token_service_pb2.CompleteTokenRequest(token_id=ids[i % count])
-            return await tokens.CompleteToken(request, timeout=10)
+            return await tokens[i % len(tokens)].CompleteToken(request, timeout=10)
 
         # The measured calls are numbered from 0 and never reach the warm-up's tokens.
         await closed_loop(complete, concurrency, WARM_UP_SECONDS, first=count - WARM_UP_TOKENS)
@@ -1236,8 +1248,13 @@ def print_table(name: str, results: dict[str, Any]) -> None:
                 f" cpu/call {_machine_ms(redis):.2f} ms"
             )
     for level in results.get("issue_levels", [])[-1:]:
-        shares = level["issue"].get("cpu_ms_per_call", {})
-        print("IssueToken CPU ms per call: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items()))
+        _print_bound(
+            f"IssueToken, c={level['issue']['concurrency']}", level["issue"], level["echo"]
+        )
+    for key, label in (("complete", "nobody waiting"), ("complete_refilling", "a line waiting")):
+        if key in results:
+            run = results[key]
+            _print_bound(f"CompleteToken, {label}", run, run["echo"])
     print(f"{'target':<40}{'measured':>10}  {'goal':>8}  met")
     for key, value in ratios(results).items():
         label, op, goal = TARGETS[key]
@@ -1246,6 +1263,18 @@ def print_table(name: str, results: dict[str, Any]) -> None:
     changed = (results.get("many_schedules") or {}).get("idle_window_token_changes")
     if changed:
         print(f"tokens admitted or ended in the idle windows (0 = idle): {changed}")
+
+
+def _print_bound(label: str, run: dict[str, Any], echo: dict[str, Any]) -> None:
+    """A measured call's rate against echo's, how busy the machine was, and where each
+    call's CPU went: what bounds the call."""
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in run.get("cpu_ms_per_call", {}).items())
+    print(
+        f"{label}: {run['rps']:.0f} rps ({run['rps'] / echo['rps']:.2f} of echo),"
+        f" machine {run.get('machine_busy_percent', float('nan')):.0f}% busy"
+        f" (echo {echo.get('machine_busy_percent', float('nan')):.0f}%);"
+        f" CPU ms per call: {shares}"
+    )
 
 
 def _machine_ms(run: dict[str, Any]) -> float:
